@@ -1,0 +1,6 @@
+// Runs the e2e suite against the native fal-proxy server binary.
+//   cd e2e && node --test native.test.mjs
+import { defineSuite } from "./suite.mjs";
+import { nativeLauncher } from "./launchers/native.mjs";
+
+defineSuite(nativeLauncher);

@@ -1,0 +1,166 @@
+//! fal-proxy as a native HTTP server, for local development and self-hosting.
+//!
+//! `cargo run --release -p fal-proxy-server` listens on `HOST`:`PORT`
+//! (default `127.0.0.1:3000`) and serves `/api/fal/proxy` and every path
+//! below it. All settings come from the environment (see the README); a bad
+//! one stops the server at start with the variable's name. With no key it
+//! starts in `user` mode, where each visitor sends their own fal key.
+//!
+//! It logs one line per request (method, target host and path, status,
+//! duration, bytes) and never a key. SIGTERM or Ctrl-C stops accepting,
+//! lets open requests finish for up to ten seconds, then exits.
+
+mod logged_body;
+
+use fal_proxy_core::{Config, PROXY_PATH, Proxy, ReqwestUpstream, vars};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use logged_body::LoggedBody;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// How long open requests may run on after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("fal-proxy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let env = |name: &str| std::env::var(name).ok();
+    let config = Config::from_lookup(env).map_err(|error| error.to_string())?;
+    let address = listen_address(env)?;
+    let upstream = ReqwestUpstream::new(&config)
+        .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+    if let Some(origin) = config.upstream_override() {
+        eprintln!(
+            "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
+            vars::UPSTREAM
+        );
+    }
+    let summary = config.summary();
+    let proxy = Arc::new(Proxy::new(config, "native"));
+    let upstream = Arc::new(upstream);
+
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    let bound = listener.local_addr().map_err(|error| error.to_string())?;
+    eprintln!(
+        "fal-proxy: listening on http://{bound} (proxy at http://{bound}{PROXY_PATH}); {summary}"
+    );
+
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        eprintln!("fal-proxy: accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let proxy = Arc::clone(&proxy);
+                let upstream = Arc::clone(&upstream);
+                let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), request));
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                TokioExecutor::new().execute_detached(connection);
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    eprintln!(
+        "fal-proxy: shutting down; waiting up to {}s for open requests",
+        DRAIN_TIMEOUT.as_secs()
+    );
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("fal-proxy: open requests cut off"),
+    }
+    Ok(())
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    upstream: Arc<ReqwestUpstream>,
+    request: http::Request<Incoming>,
+) -> Result<http::Response<LoggedBody>, std::convert::Infallible> {
+    let started = Instant::now();
+    let response = proxy.forward(upstream.as_ref(), request).await;
+    Ok(LoggedBody::wrap(response, started))
+}
+
+fn listen_address(env: impl Fn(&str) -> Option<String>) -> Result<SocketAddr, String> {
+    let host = env("HOST")
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let host: IpAddr = host.parse().map_err(|_| {
+        "invalid HOST: expected an IP address such as 127.0.0.1 or 0.0.0.0".to_owned()
+    })?;
+    let port = match env("PORT").filter(|p| !p.is_empty()) {
+        None => 3000,
+        Some(port) => port
+            .parse::<u16>()
+            .map_err(|_| "invalid PORT: expected a number from 0 to 65535".to_owned())?,
+    };
+    Ok(SocketAddr::new(host, port))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+trait ExecuteDetached {
+    fn execute_detached<F>(&self, future: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static;
+}
+
+impl ExecuteDetached for TokioExecutor {
+    fn execute_detached<F>(&self, future: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(future);
+    }
+}

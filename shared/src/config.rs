@@ -1,0 +1,454 @@
+//! Configuration: every setting, parsed and validated once.
+//!
+//! The core reads no environment. A target hands [`Config::from_lookup`] a
+//! function that looks a name up (`std::env::var` on native targets, the
+//! Worker's `Env` on Cloudflare, a map in tests).
+
+use crate::cors::Cors;
+use crate::key::{ApiKey, KeyMode};
+use crate::pattern::Glob;
+use crate::target::{DEFAULT_ALLOW_URLS, EndpointAllowList, UrlAllowList, UrlPattern};
+use std::fmt;
+use std::time::Duration;
+
+/// The default request body limit: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The default time to wait for the upstream's response head.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Every setting the proxy reads, by its environment variable name.
+pub mod vars {
+    /// The server's fal key.
+    pub const FAL_KEY: &str = "FAL_KEY";
+    /// The id half of a fal key given in two parts.
+    pub const FAL_KEY_ID: &str = "FAL_KEY_ID";
+    /// The secret half of a fal key given in two parts.
+    pub const FAL_KEY_SECRET: &str = "FAL_KEY_SECRET";
+    /// `server`, `user` or `user-or-server`.
+    pub const KEY_MODE: &str = "FAL_PROXY_KEY_MODE";
+    /// Extra URL patterns allowed besides the defaults.
+    pub const ALLOW_URLS: &str = "FAL_PROXY_ALLOW_URLS";
+    /// The endpoints (fal apps) allowed; unset allows every endpoint.
+    pub const ALLOW_ENDPOINTS: &str = "FAL_PROXY_ALLOW_ENDPOINTS";
+    /// Origins allowed cross-origin (CORS); unset turns CORS off.
+    pub const ALLOWED_ORIGINS: &str = "FAL_PROXY_ALLOWED_ORIGINS";
+    /// The request body limit in bytes.
+    pub const MAX_BODY_BYTES: &str = "FAL_PROXY_MAX_BODY_BYTES";
+    /// Seconds to wait for the upstream's response head.
+    pub const TIMEOUT_SECS: &str = "FAL_PROXY_TIMEOUT_SECS";
+    /// Test seam: an origin that stands in for every fal host.
+    pub const UPSTREAM: &str = "FAL_PROXY_UPSTREAM";
+}
+
+/// A setting that is present but wrong. Names the variable; never echoes a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            var,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The proxy's whole configuration. `Debug` never shows a key.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) server_key: Option<ApiKey>,
+    pub(crate) key_mode: KeyMode,
+    pub(crate) allow_urls: UrlAllowList,
+    pub(crate) extra_urls: Vec<String>,
+    pub(crate) allow_endpoints: Option<EndpointAllowList>,
+    pub(crate) cors: Option<Cors>,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) upstream: Option<String>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "server_key",
+                &self.server_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("key_mode", &self.key_mode)
+            .field("extra_urls", &self.extra_urls)
+            .field(
+                "allow_endpoints",
+                &self
+                    .allow_endpoints
+                    .as_ref()
+                    .map(|list| list.patterns().collect::<Vec<_>>()),
+            )
+            .field("cors", &self.cors)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("timeout", &self.timeout)
+            .field("upstream", &self.upstream)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Parses every setting through `lookup`. Unset and empty values mean
+    /// the default. The first bad value is reported with its variable name.
+    pub fn from_lookup<F>(lookup: F) -> Result<Self, ConfigError>
+    where
+        F: Fn(&str) -> Option<String>,
+    {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+
+        let server_key = match (
+            get(vars::FAL_KEY),
+            get(vars::FAL_KEY_ID),
+            get(vars::FAL_KEY_SECRET),
+        ) {
+            (Some(key), _, _) => Some(ApiKey::new(key.trim()).ok_or_else(|| {
+                ConfigError::new(
+                    vars::FAL_KEY,
+                    "not a valid fal key (visible ASCII, no spaces, at most 512 bytes)",
+                )
+            })?),
+            (None, Some(id), Some(secret)) => Some(
+                ApiKey::new(&format!("{}:{}", id.trim(), secret.trim())).ok_or_else(|| {
+                    ConfigError::new(
+                        vars::FAL_KEY_ID,
+                        "FAL_KEY_ID and FAL_KEY_SECRET do not form a valid fal key",
+                    )
+                })?,
+            ),
+            (None, Some(_), None) => {
+                return Err(ConfigError::new(
+                    vars::FAL_KEY_SECRET,
+                    "FAL_KEY_ID is set but FAL_KEY_SECRET is not",
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::new(
+                    vars::FAL_KEY_ID,
+                    "FAL_KEY_SECRET is set but FAL_KEY_ID is not",
+                ));
+            }
+            (None, None, None) => None,
+        };
+
+        let key_mode = match get(vars::KEY_MODE) {
+            None if server_key.is_some() => KeyMode::Server,
+            None => KeyMode::User,
+            Some(mode) => match mode.trim().to_ascii_lowercase().as_str() {
+                "server" => KeyMode::Server,
+                "user" => KeyMode::User,
+                "user-or-server" => KeyMode::UserOrServer,
+                _ => {
+                    return Err(ConfigError::new(
+                        vars::KEY_MODE,
+                        "expected server, user or user-or-server",
+                    ));
+                }
+            },
+        };
+        if key_mode != KeyMode::User && server_key.is_none() {
+            return Err(ConfigError::new(
+                vars::FAL_KEY,
+                format!(
+                    "{}={key_mode} needs FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET)",
+                    vars::KEY_MODE
+                ),
+            ));
+        }
+
+        let extra_urls = list(get(vars::ALLOW_URLS));
+        let mut patterns = Vec::new();
+        for pattern in DEFAULT_ALLOW_URLS
+            .iter()
+            .copied()
+            .chain(extra_urls.iter().map(String::as_str))
+        {
+            patterns.push(
+                UrlPattern::parse(pattern)
+                    .map_err(|reason| ConfigError::new(vars::ALLOW_URLS, reason))?,
+            );
+        }
+
+        let allow_endpoints = match get(vars::ALLOW_ENDPOINTS) {
+            None => None,
+            Some(value) => {
+                let mut globs = Vec::new();
+                for pattern in list(Some(value)) {
+                    let pattern = pattern.trim_matches('/');
+                    if pattern.is_empty() || pattern.contains(['?', '#']) {
+                        return Err(ConfigError::new(
+                            vars::ALLOW_ENDPOINTS,
+                            format!(
+                                "{pattern:?} is not an endpoint pattern such as fal-ai/flux/**"
+                            ),
+                        ));
+                    }
+                    globs.push(Glob::new(pattern));
+                }
+                Some(EndpointAllowList::new(globs))
+            }
+        };
+
+        let cors = match get(vars::ALLOWED_ORIGINS) {
+            None => None,
+            Some(value) => Some(
+                Cors::new(&list(Some(value)))
+                    .map_err(|reason| ConfigError::new(vars::ALLOWED_ORIGINS, reason))?,
+            ),
+        };
+
+        let max_body_bytes = match get(vars::MAX_BODY_BYTES) {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&bytes| bytes > 0)
+                .ok_or_else(|| {
+                    ConfigError::new(vars::MAX_BODY_BYTES, "expected a positive number of bytes")
+                })?,
+        };
+
+        let timeout = match get(vars::TIMEOUT_SECS) {
+            None => DEFAULT_TIMEOUT,
+            Some(value) => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|secs| (1..=3600).contains(secs))
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    ConfigError::new(vars::TIMEOUT_SECS, "expected whole seconds from 1 to 3600")
+                })?,
+        };
+
+        let upstream = match get(vars::UPSTREAM) {
+            None => None,
+            Some(value) => Some(parse_upstream(value.trim())?),
+        };
+
+        Ok(Self {
+            server_key,
+            key_mode,
+            allow_urls: UrlAllowList::new(patterns),
+            extra_urls,
+            allow_endpoints,
+            cors,
+            max_body_bytes,
+            timeout,
+            upstream,
+        })
+    }
+
+    /// The key mode in force.
+    pub fn key_mode(&self) -> KeyMode {
+        self.key_mode
+    }
+
+    /// Whether a server key is configured.
+    pub fn has_server_key(&self) -> bool {
+        self.server_key.is_some()
+    }
+
+    /// The request body limit in bytes.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
+
+    /// Lowers the body limit to a platform's own (Lambda's 6 MB, Vercel's
+    /// 4.5 MB), so the user gets the proxy's clear 413 instead of the
+    /// platform's bare error. Never raises it.
+    pub fn cap_max_body_bytes(&mut self, platform_limit: u64) {
+        self.max_body_bytes = self.max_body_bytes.min(platform_limit);
+    }
+
+    /// How long a target waits for the upstream's response head.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The test-seam origin standing in for fal, when one is set.
+    pub fn upstream_override(&self) -> Option<&str> {
+        self.upstream.as_deref()
+    }
+
+    /// One line a target prints at start: key mode, allow-lists, CORS. No key.
+    pub fn summary(&self) -> String {
+        let mode = match (self.key_mode, self.server_key.is_some()) {
+            (KeyMode::User, false) => "user (no FAL_KEY set: every request must carry the visitor's own key in x-fal-user-key)".to_owned(),
+            (mode, _) => mode.to_string(),
+        };
+        let endpoints = match &self.allow_endpoints {
+            None => "any".to_owned(),
+            Some(list) => list.patterns().collect::<Vec<_>>().join(","),
+        };
+        let cors = match &self.cors {
+            None => "off".to_owned(),
+            Some(cors) => cors.to_string(),
+        };
+        format!("key mode: {mode}; endpoints: {endpoints}; cors: {cors}")
+    }
+}
+
+/// Splits a list setting on commas and white space.
+fn list(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_upstream(value: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::new(vars::UPSTREAM, reason);
+    let url = url::Url::parse(value).map_err(|_| bad("expected an absolute http(s) URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad("expected an http:// or https:// origin"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not contain user-info"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not contain a query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    pub(crate) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let no_key = config(&[]).unwrap();
+        assert_eq!(no_key.key_mode(), KeyMode::User);
+        assert!(!no_key.has_server_key());
+        assert_eq!(no_key.max_body_bytes(), DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(no_key.timeout(), DEFAULT_TIMEOUT);
+        assert!(no_key.cors.is_none());
+        assert!(no_key.allow_endpoints.is_none());
+        assert!(no_key.upstream_override().is_none());
+
+        let with_key = config(&[("FAL_KEY", "id:secret")]).unwrap();
+        assert_eq!(with_key.key_mode(), KeyMode::Server);
+        let split = config(&[("FAL_KEY_ID", "id"), ("FAL_KEY_SECRET", "secret")]).unwrap();
+        assert_eq!(split.server_key, with_key.server_key);
+        let empty = config(&[("FAL_KEY", ""), ("FAL_PROXY_KEY_MODE", " ")]).unwrap();
+        assert_eq!(empty.key_mode(), KeyMode::User);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("FAL_PROXY_KEY_MODE", "both")], vars::KEY_MODE),
+            (&[("FAL_PROXY_KEY_MODE", "server")], vars::FAL_KEY),
+            (&[("FAL_PROXY_KEY_MODE", "user-or-server")], vars::FAL_KEY),
+            (&[("FAL_KEY", "has space")], vars::FAL_KEY),
+            (&[("FAL_KEY_ID", "id")], vars::FAL_KEY_SECRET),
+            (&[("FAL_KEY_SECRET", "s")], vars::FAL_KEY_ID),
+            (
+                &[("FAL_PROXY_ALLOW_URLS", "*.evil.example/**")],
+                vars::ALLOW_URLS,
+            ),
+            (
+                &[("FAL_PROXY_ALLOW_URLS", "http://fal.dev/**")],
+                vars::ALLOW_URLS,
+            ),
+            (
+                &[("FAL_PROXY_ALLOW_ENDPOINTS", "fal-ai/x?y")],
+                vars::ALLOW_ENDPOINTS,
+            ),
+            (
+                &[("FAL_PROXY_ALLOWED_ORIGINS", "app.example")],
+                vars::ALLOWED_ORIGINS,
+            ),
+            (
+                &[("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example/path")],
+                vars::ALLOWED_ORIGINS,
+            ),
+            (&[("FAL_PROXY_MAX_BODY_BYTES", "0")], vars::MAX_BODY_BYTES),
+            (&[("FAL_PROXY_MAX_BODY_BYTES", "1MB")], vars::MAX_BODY_BYTES),
+            (&[("FAL_PROXY_TIMEOUT_SECS", "0")], vars::TIMEOUT_SECS),
+            (&[("FAL_PROXY_TIMEOUT_SECS", "-1")], vars::TIMEOUT_SECS),
+            (&[("FAL_PROXY_UPSTREAM", "127.0.0.1:9")], vars::UPSTREAM),
+            (&[("FAL_PROXY_UPSTREAM", "ftp://127.0.0.1")], vars::UPSTREAM),
+            (
+                &[("FAL_PROXY_UPSTREAM", "http://u:p@127.0.0.1")],
+                vars::UPSTREAM,
+            ),
+        ];
+        for (pairs, var) in cases {
+            let error = config(pairs).expect_err(&format!("{pairs:?} should fail"));
+            assert_eq!(error.var, *var, "{pairs:?}");
+            assert!(error.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_a_key() {
+        let secret = "my-id:my-very-secret-value";
+        let config = config(&[
+            ("FAL_KEY", secret),
+            ("FAL_PROXY_ALLOWED_ORIGINS", "https://a.example"),
+        ])
+        .unwrap();
+        let shown = format!("{config:?} {}", config.summary());
+        assert!(!shown.contains("secret-value"), "{shown}");
+        let error = super::tests::config(&[("FAL_KEY", "my-id:my very-secret-value")]).unwrap_err();
+        assert!(!error.to_string().contains("secret-value"));
+    }
+
+    #[test]
+    fn lists_and_numbers() {
+        let config = config(&[
+            (
+                "FAL_PROXY_ALLOW_URLS",
+                "fal.dev/**, https://queue.fal.dev/**\nexample.com/x",
+            ),
+            (
+                "FAL_PROXY_ALLOW_ENDPOINTS",
+                "fal-ai/flux/**,/fal-ai/fast-*/",
+            ),
+            ("FAL_PROXY_MAX_BODY_BYTES", "1000"),
+            ("FAL_PROXY_TIMEOUT_SECS", "5"),
+            ("FAL_PROXY_UPSTREAM", "http://127.0.0.1:9999/"),
+        ])
+        .unwrap();
+        assert_eq!(config.extra_urls.len(), 3);
+        let endpoints: Vec<_> = config
+            .allow_endpoints
+            .as_ref()
+            .unwrap()
+            .patterns()
+            .collect();
+        assert_eq!(endpoints, ["fal-ai/flux/**", "fal-ai/fast-*"]);
+        assert_eq!(config.max_body_bytes(), 1000);
+        assert_eq!(config.timeout(), Duration::from_secs(5));
+        assert_eq!(config.upstream_override(), Some("http://127.0.0.1:9999"));
+        let mut capped = config.clone();
+        capped.cap_max_body_bytes(500);
+        assert_eq!(capped.max_body_bytes(), 500);
+        capped.cap_max_body_bytes(5000);
+        assert_eq!(capped.max_body_bytes(), 500);
+    }
+}

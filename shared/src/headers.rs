@@ -1,0 +1,184 @@
+//! Which headers cross the proxy, in each direction.
+//!
+//! Upstream, an allow-list: only what fal needs goes, so nothing the browser
+//! holds for its own site (cookies, its own `Authorization`) ever reaches
+//! fal. Downstream, a deny-list: fal's headers pass except those that belong
+//! to one hop, cookies, and CORS headers (the proxy owns CORS).
+
+use crate::key::USER_KEY_HEADER;
+use crate::target::TARGET_URL_HEADER;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The header naming the proxy to fal.
+pub const CLIENT_PROXY_HEADER: &str = "x-fal-client-proxy";
+
+/// Request headers copied upstream besides the `x-fal-*` family.
+const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::ACCEPT,
+    header::USER_AGENT,
+];
+
+/// `x-fal-*` request headers that are for the proxy, never for fal.
+const PROXY_ONLY_HEADERS: &[&str] = &[TARGET_URL_HEADER, USER_KEY_HEADER, CLIENT_PROXY_HEADER];
+
+/// Response headers that never cross the proxy.
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+    "set-cookie2",
+    "alt-svc",
+];
+
+/// The headers sent upstream for a browser request's headers.
+pub(crate) fn upstream_request_headers(
+    incoming: &HeaderMap,
+    authorization: &HeaderValue,
+    client_proxy: &HeaderValue,
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(incoming.keys_len() + 2);
+    for (name, value) in incoming {
+        let wanted = FORWARDED_REQUEST_HEADERS.contains(name)
+            || (name.as_str().starts_with("x-fal-")
+                && !PROXY_ONLY_HEADERS.contains(&name.as_str()));
+        if wanted {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out.insert(header::AUTHORIZATION, authorization.clone());
+    out.insert(
+        HeaderName::from_static(CLIENT_PROXY_HEADER),
+        client_proxy.clone(),
+    );
+    out
+}
+
+/// Strips what must not reach the browser from an upstream response's headers.
+pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
+    // Headers the upstream itself names as hop-by-hop in `Connection`.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in DROPPED_RESPONSE_HEADERS {
+        headers.remove(*name);
+    }
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn request_headers_table() {
+        let incoming = map(&[
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("accept", "text/event-stream"),
+            ("user-agent", "fal-client/1.0"),
+            ("x-fal-queue-priority", "low"),
+            ("x-fal-request-id", "r1"),
+            ("x-fal-runner-hint", "h"),
+            ("x-fal-store-io", "1"),
+            ("x-fal-object-lifecycle-preference", "{}"),
+            ("authorization", "Bearer browser-session"),
+            ("cookie", "session=abc"),
+            ("x-fal-user-key", "user:key"),
+            ("x-fal-target-url", "https://fal.run/x"),
+            ("x-fal-client-proxy", "spoofed"),
+            ("host", "proxy.example"),
+            ("connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("expect", "100-continue"),
+            ("origin", "https://app.example"),
+            ("referer", "https://app.example/page"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("accept-encoding", "gzip"),
+        ]);
+        let authorization = HeaderValue::from_static("Key server:key");
+        let proxy = HeaderValue::from_static("fal-proxy/0 (test)");
+        let out = upstream_request_headers(&incoming, &authorization, &proxy);
+        let expected = map(&[
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+            ("accept", "text/event-stream"),
+            ("user-agent", "fal-client/1.0"),
+            ("x-fal-queue-priority", "low"),
+            ("x-fal-request-id", "r1"),
+            ("x-fal-runner-hint", "h"),
+            ("x-fal-store-io", "1"),
+            ("x-fal-object-lifecycle-preference", "{}"),
+            ("authorization", "Key server:key"),
+            ("x-fal-client-proxy", "fal-proxy/0 (test)"),
+        ]);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn response_headers_table() {
+        let mut headers = map(&[
+            ("content-type", "text/event-stream"),
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("x-fal-request-id", "r1"),
+            ("x-fal-needs-retry", "0"),
+            ("cache-control", "no-cache"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "a=b"),
+            ("set-cookie", "c=d"),
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("alt-svc", "h3=\":443\""),
+            ("upgrade", "h2c"),
+        ]);
+        filter_response_headers(&mut headers);
+        let expected = map(&[
+            ("content-type", "text/event-stream"),
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("x-fal-request-id", "r1"),
+            ("x-fal-needs-retry", "0"),
+            ("cache-control", "no-cache"),
+        ]);
+        assert_eq!(headers, expected);
+    }
+}

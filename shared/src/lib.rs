@@ -1,0 +1,93 @@
+//! The forwarding core of fal-proxy.
+//!
+//! A browser app configured with `fal.config({ proxyUrl: "/api/fal/proxy" })`
+//! sends every fal request to the proxy with the real fal URL in the
+//! `x-fal-target-url` header. This crate decides everything about such a
+//! request, identically for every deploy target (native server, Vercel,
+//! AWS Lambda, Cloudflare Workers):
+//!
+//! 1. [`Proxy::request_filter`] validates the incoming request (route,
+//!    origin, method, target URL, endpoint, key, body size) and either
+//!    builds the upstream request or answers by itself;
+//! 2. the target sends the upstream request with its own HTTP client, an
+//!    [`Upstream`];
+//! 3. [`Proxy::response_filter`] maps the upstream response for the browser,
+//!    or [`Proxy::error_response`] turns a failed exchange into fal's JSON
+//!    error shape.
+//!
+//! [`Proxy::forward`] runs the three phases and never fails: every error
+//! becomes a response.
+//!
+//! This crate performs no I/O whatsoever: it reads no environment (settings
+//! come through [`Config::from_lookup`]), opens no socket, starts no timer,
+//! and never collects a body. Bodies are generic and moved through untouched,
+//! so a Server-Sent-Events stream stays a stream on every target. Nothing it
+//! returns, logs or panics with contains a key. With the `reqwest` feature it
+//! also provides [`ReqwestUpstream`], the upstream of the native targets.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use fal_proxy_core::{Config, Proxy, ProxyBody, Upstream, UpstreamError};
+//! use http::{Request, Response};
+//!
+//! /// An in-memory fal that answers every request with its own URL.
+//! struct EchoFal;
+//!
+//! impl Upstream<Bytes> for EchoFal {
+//!     type Body = Bytes;
+//!     async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
+//!         assert_eq!(request.headers()["authorization"], "Key id:secret");
+//!         Ok(Response::new(Bytes::from(request.uri().to_string())))
+//!     }
+//! }
+//!
+//! let config = Config::from_lookup(|name| (name == "FAL_KEY").then(|| "id:secret".to_owned()))?;
+//! let proxy = Proxy::new(config, "doctest");
+//! let request = Request::post("/api/fal/proxy")
+//!     .header("x-fal-target-url", "https://fal.run/fal-ai/flux/dev")
+//!     .body(Bytes::from_static(b"{}"))?;
+//! let response = futures_lite_block_on(proxy.forward(&EchoFal, request));
+//! assert_eq!(response.status(), 200);
+//! match response.into_body() {
+//!     ProxyBody::Upstream(body) => assert_eq!(body, "https://fal.run/fal-ai/flux/dev"),
+//!     ProxyBody::Full(_) => unreachable!("forwarded"),
+//! }
+//!
+//! let refused = Request::post("/api/fal/proxy")
+//!     .header("x-fal-target-url", "https://fal.run.evil.example/steal")
+//!     .body(Bytes::new())?;
+//! let response = futures_lite_block_on(proxy.forward(&EchoFal, refused));
+//! assert_eq!(response.status(), 403);
+//! # fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod config;
+mod cors;
+mod error;
+mod forward;
+mod headers;
+mod key;
+mod pattern;
+mod target;
+
+#[cfg(feature = "http-body")]
+mod body;
+#[cfg(feature = "reqwest")]
+mod upstream_reqwest;
+
+pub use config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, vars};
+pub use error::{ProxyError, UpstreamError};
+pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
+pub use headers::CLIENT_PROXY_HEADER;
+pub use key::{KeyMode, USER_KEY_HEADER};
+pub use target::{TARGET_URL_HEADER, Target};
+
+#[cfg(feature = "http-body")]
+pub use body::{BoxError, is_body_limit_error, limit_body};
+#[cfg(feature = "reqwest")]
+pub use upstream_reqwest::ReqwestUpstream;

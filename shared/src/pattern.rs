@@ -1,0 +1,256 @@
+//! The glob patterns of the URL and endpoint allow-lists.
+//!
+//! Hand-written rather than taken from a glob crate: the subject here is a
+//! URL path *and query*, so `?` must be a literal (in shell-style globs it is
+//! a wildcard), and the matcher must be linear in the subject's length for
+//! any pattern an operator writes. The common glob crates either treat `?`
+//! as a wildcard or bring a regex engine into the Worker's wasm.
+//!
+//! Syntax: `*` matches any run of characters within one path segment (not
+//! `/` and not `?`); `**` matches any run of characters at all; a trailing
+//! `/**` also matches nothing, so `fal-ai/flux/**` matches `fal-ai/flux`.
+//! Everything else matches itself, case-sensitively.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Byte(u8),
+    /// `*`: any run of bytes other than `/` and `?`.
+    Star,
+    /// `**`: any run of bytes.
+    DoubleStar,
+    /// A trailing `/**`: the end of the subject, or `/` and anything after it.
+    SlashRest,
+}
+
+/// A compiled glob pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Glob {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+impl Glob {
+    /// Compiles `pattern`. Every string is a valid pattern.
+    pub(crate) fn new(pattern: &str) -> Self {
+        let bytes = pattern.as_bytes();
+        let mut tokens = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i..] == *b"/**" {
+                tokens.push(Token::SlashRest);
+                break;
+            }
+            if bytes[i] == b'*' {
+                let double = bytes.get(i + 1) == Some(&b'*');
+                i += if double { 2 } else { 1 };
+                // `***` and beyond mean the same as `**`.
+                while double && bytes.get(i) == Some(&b'*') {
+                    i += 1;
+                }
+                let token = if double {
+                    Token::DoubleStar
+                } else {
+                    Token::Star
+                };
+                // Collapse runs such as `*` `**` into the widest wildcard.
+                match tokens.last_mut() {
+                    Some(last @ (Token::Star | Token::DoubleStar)) => {
+                        if token == Token::DoubleStar {
+                            *last = Token::DoubleStar;
+                        }
+                    }
+                    _ => tokens.push(token),
+                }
+                continue;
+            }
+            tokens.push(Token::Byte(bytes[i]));
+            i += 1;
+        }
+        Self {
+            source: pattern.to_owned(),
+            tokens,
+        }
+    }
+
+    /// The pattern as written.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the whole of `subject` matches.
+    ///
+    /// Simulates the pattern as a set of positions in the subject, one token
+    /// at a time: O(tokens x subject length), no backtracking.
+    pub(crate) fn matches(&self, subject: &str) -> bool {
+        let subject = subject.as_bytes();
+        let n = subject.len();
+        let mut current = vec![false; n + 1];
+        let mut next = vec![false; n + 1];
+        current[0] = true;
+        for token in &self.tokens {
+            next.iter_mut().for_each(|slot| *slot = false);
+            let mut any = false;
+            match *token {
+                Token::Byte(expected) => {
+                    for position in 0..n {
+                        if current[position] && subject[position] == expected {
+                            next[position + 1] = true;
+                            any = true;
+                        }
+                    }
+                }
+                Token::Star => {
+                    let mut reachable = false;
+                    for position in 0..=n {
+                        reachable = reachable || current[position];
+                        if reachable {
+                            next[position] = true;
+                            any = true;
+                            if position < n && matches!(subject[position], b'/' | b'?') {
+                                reachable = false;
+                            }
+                        }
+                    }
+                }
+                Token::DoubleStar => {
+                    if let Some(first) = current.iter().position(|&reached| reached) {
+                        next[first..].iter_mut().for_each(|slot| *slot = true);
+                        any = true;
+                    }
+                }
+                Token::SlashRest => {
+                    // Last token: decide right here.
+                    return current[n]
+                        || (0..n).any(|position| current[position] && subject[position] == b'/');
+                }
+            }
+            if !any {
+                return false;
+            }
+            std::mem::swap(&mut current, &mut next);
+        }
+        current[n]
+    }
+
+    /// Whether the first two `/`-separated segments of this pattern could
+    /// match the app `owner/name`: the pattern names an endpoint of that app.
+    pub(crate) fn could_match_app(&self, owner: &str, name: &str) -> bool {
+        let mut segments = self.source.split('/');
+        for wanted in [owner, name] {
+            match segments.next() {
+                None => return false,
+                Some(segment) if segment.contains("**") => return true,
+                Some(segment) => {
+                    if !Glob::new(segment).matches(wanted) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            // literals
+            ("/tokens/", "/tokens/", true),
+            ("/tokens/", "/tokens", false),
+            ("/tokens/", "/tokens/x", false),
+            ("/tokens/", "/Tokens/", false),
+            // `**` crosses segments and the query
+            ("/**", "/", true),
+            ("/**", "/fal-ai/flux/dev", true),
+            ("/**", "/fal-ai/flux/dev?x=1", true),
+            ("/**", "", true),
+            ("/**", "x", false),
+            ("fal-ai/flux/**", "fal-ai/flux", true),
+            ("fal-ai/flux/**", "fal-ai/flux/dev", true),
+            ("fal-ai/flux/**", "fal-ai/flux/requests/1/status", true),
+            ("fal-ai/flux/**", "fal-ai/fluxx", false),
+            ("fal-ai/flux/**", "fal-ai/flux-pro", false),
+            ("fal-ai/flux/**", "fal-ai", false),
+            ("a/**/b", "a/x/y/b", true),
+            ("a/**/b", "a//b", true),
+            ("a/**/b", "a/b", false),
+            ("**", "anything/at?all", true),
+            // `*` stays within one segment
+            ("fal-ai/*", "fal-ai/flux", true),
+            ("fal-ai/*", "fal-ai/flux/dev", false),
+            ("fal-ai/*", "fal-ai/", true),
+            ("fal-ai/*/dev", "fal-ai/flux/dev", true),
+            ("fal-ai/*/dev", "fal-ai/flux/x/dev", false),
+            ("fal-ai/flux-*", "fal-ai/flux-pro", true),
+            ("fal-ai/flux-*", "fal-ai/flux-pro/v1", false),
+            ("/x*", "/x?y", false),
+            ("*a*b", "xxaxxb", true),
+            ("*a*b", "xxaxx/b", false),
+            // `?` is a literal
+            (
+                "/storage/upload/initiate?storage_type=fal-cdn-v3",
+                "/storage/upload/initiate?storage_type=fal-cdn-v3",
+                true,
+            ),
+            (
+                "/storage/upload/initiate?storage_type=fal-cdn-v3",
+                "/storage/upload/initiateXstorage_type=fal-cdn-v3",
+                false,
+            ),
+            (
+                "/storage/upload/initiate?storage_type=fal-cdn-v3",
+                "/storage/upload/initiate?storage_type=fal-cdn-v3&x=1",
+                false,
+            ),
+            ("/a?*", "/a?b=1", true),
+            ("/a?*", "/a?b=1/2", false),
+            // runs of stars
+            ("a***b", "a/x/b", true),
+            ("a*/**", "ab", true),
+            ("", "", true),
+            ("", "x", false),
+        ];
+        for &(pattern, subject, expected) in cases {
+            assert_eq!(
+                Glob::new(pattern).matches(subject),
+                expected,
+                "{pattern:?} against {subject:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_subject_is_linear() {
+        let subject = "a/".repeat(4000);
+        let glob = Glob::new("*a*a*a*a*a*a*a*a*a*a*b");
+        assert!(!glob.matches(&subject));
+        assert!(Glob::new("**a/").matches(&subject));
+    }
+
+    #[test]
+    fn could_match_app_table() {
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("fal-ai/flux/dev", "fal-ai", "flux", true),
+            ("fal-ai/flux/**", "fal-ai", "flux", true),
+            ("fal-ai/flux", "fal-ai", "flux", true),
+            ("fal-ai/flux", "fal-ai", "flux-pro", false),
+            ("fal-ai/*", "fal-ai", "anything", true),
+            ("fal-ai/**", "fal-ai", "anything", true),
+            ("**", "someone", "anything", true),
+            ("fal-ai/flux-*/v1", "fal-ai", "flux-pro", true),
+            ("fal-ai", "fal-ai", "flux", false),
+            ("other/flux/dev", "fal-ai", "flux", false),
+        ];
+        for &(pattern, owner, name, expected) in cases {
+            assert_eq!(
+                Glob::new(pattern).could_match_app(owner, name),
+                expected,
+                "{pattern:?} against {owner}/{name}"
+            );
+        }
+    }
+}

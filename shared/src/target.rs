@@ -1,0 +1,543 @@
+//! The target check: which fal URL a request may reach.
+//!
+//! The `x-fal-target-url` header is parsed with the WHATWG URL parser, and
+//! what is checked is exactly what is sent: the parsed, re-serialised URL.
+//! Before parsing, the raw authority must be plain `host` or `host:443`
+//! made of letters, digits, dots and hyphens, so user-info, percent-encoded
+//! or IDN hosts, IP literals and other ports never get as far as a match.
+
+use crate::error::ProxyError;
+use crate::pattern::Glob;
+use http::HeaderMap;
+
+/// The request header that carries the real fal URL.
+pub const TARGET_URL_HEADER: &str = "x-fal-target-url";
+
+/// The longest target URL accepted, in bytes.
+const MAX_TARGET_URL_LEN: usize = 8 * 1024;
+
+/// The allow-list patterns every deployment has.
+pub(crate) const DEFAULT_ALLOW_URLS: &[&str] = &[
+    "fal.run/**",
+    "queue.fal.run/**",
+    "rest.fal.ai/tokens/",
+    "rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+    "rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+];
+
+/// Hosts whose paths name fal apps (`owner/name/...`).
+const APP_HOSTS: &[&str] = &["fal.run", "queue.fal.run"];
+
+/// A validated target URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    url: url::Url,
+}
+
+impl Target {
+    /// Reads and validates the `x-fal-target-url` header (syntax only; the
+    /// allow-list is checked by [`UrlAllowList::check`]).
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ProxyError> {
+        let mut values = headers.get_all(TARGET_URL_HEADER).iter();
+        let value = values.next().ok_or(ProxyError::MissingTargetUrl)?;
+        if values.next().is_some() {
+            return Err(ProxyError::InvalidTargetUrl);
+        }
+        Self::parse(value.as_bytes())
+    }
+
+    /// Validates a raw target URL.
+    pub fn parse(raw: &[u8]) -> Result<Self, ProxyError> {
+        if raw.is_empty()
+            || raw.len() > MAX_TARGET_URL_LEN
+            || !raw.iter().all(|byte| (0x21..=0x7e).contains(byte))
+            || raw.contains(&b'\\')
+        {
+            return Err(ProxyError::InvalidTargetUrl);
+        }
+        // Visible ASCII only, checked above.
+        let raw = std::str::from_utf8(raw).map_err(|_| ProxyError::InvalidTargetUrl)?;
+        let url = url::Url::parse(raw).map_err(|_| ProxyError::InvalidTargetUrl)?;
+        if url.cannot_be_a_base() || url.fragment().is_some() {
+            return Err(ProxyError::InvalidTargetUrl);
+        }
+        if url.scheme() != "https" {
+            return Err(ProxyError::TargetNotAllowed);
+        }
+        // The authority as the client wrote it, between `//` and the path.
+        let after_scheme = raw
+            .get("https:".len()..)
+            .and_then(|rest| rest.strip_prefix("//"))
+            .ok_or(ProxyError::InvalidTargetUrl)?;
+        let authority_end = after_scheme
+            .find(['/', '?', '#'])
+            .unwrap_or(after_scheme.len());
+        let authority = &after_scheme[..authority_end];
+        let host = authority.strip_suffix(":443").unwrap_or(authority);
+        let plain_host = !host.is_empty()
+            && host
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-'));
+        if !plain_host || url.port().is_some() || !url.username().is_empty() {
+            return Err(ProxyError::TargetNotAllowed);
+        }
+        match url.host() {
+            Some(url::Host::Domain(_)) => Ok(Self { url }),
+            // Dotted numbers parse as IPv4 addresses: never a fal host.
+            _ => Err(ProxyError::TargetNotAllowed),
+        }
+    }
+
+    /// The lower-case host.
+    pub fn host(&self) -> &str {
+        self.url.host_str().unwrap_or_default()
+    }
+
+    /// The path, percent-encoded, starting with `/`.
+    pub fn path(&self) -> &str {
+        self.url.path()
+    }
+
+    /// The path and, when there is one, `?` and the query.
+    pub fn path_and_query(&self) -> &str {
+        &self.url[url::Position::BeforePath..url::Position::AfterQuery]
+    }
+
+    /// The URL as it is sent upstream (without an upstream override).
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+/// One `host/path?query` pattern of the URL allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UrlPattern {
+    host: String,
+    rest: Glob,
+}
+
+impl UrlPattern {
+    /// Parses `host/path-glob[?query-glob]`, with an optional `https://`.
+    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
+        let pattern = pattern.strip_prefix("https://").unwrap_or(pattern);
+        let (host, rest) = match pattern.find(['/', '?']) {
+            Some(index) => pattern.split_at(index),
+            None => (pattern, "/"),
+        };
+        let plain_host = !host.is_empty()
+            && host
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-'));
+        if !plain_host {
+            return Err(format!(
+                "{pattern:?} must start with a plain host name such as fal.run (no scheme other than https://, no port, no wildcard in the host)"
+            ));
+        }
+        let rest = if rest.starts_with('?') {
+            format!("/{rest}")
+        } else {
+            rest.to_owned()
+        };
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            rest: Glob::new(&rest),
+        })
+    }
+
+    fn matches(&self, target: &Target) -> bool {
+        self.host == target.host() && self.rest.matches(target.path_and_query())
+    }
+}
+
+/// The URL allow-list: the defaults plus the operator's additions.
+#[derive(Debug, Clone)]
+pub(crate) struct UrlAllowList {
+    patterns: Vec<UrlPattern>,
+}
+
+impl UrlAllowList {
+    pub(crate) fn new(patterns: Vec<UrlPattern>) -> Self {
+        Self { patterns }
+    }
+
+    pub(crate) fn check(&self, target: &Target) -> Result<(), ProxyError> {
+        if self.patterns.iter().any(|pattern| pattern.matches(target)) {
+            Ok(())
+        } else {
+            Err(ProxyError::TargetNotAllowed)
+        }
+    }
+}
+
+/// The endpoint allow-list: which fal apps may run through this proxy.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointAllowList {
+    patterns: Vec<Glob>,
+}
+
+impl EndpointAllowList {
+    pub(crate) fn new(patterns: Vec<Glob>) -> Self {
+        Self { patterns }
+    }
+
+    pub(crate) fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(Glob::as_str)
+    }
+
+    /// Applies to app hosts. Queue requests (`owner/name/requests/...`) of an
+    /// allowed endpoint's app pass, so status, result and cancel keep working.
+    /// Storage uploads name no app and pass; the token endpoint is refused,
+    /// since the proxy cannot see which apps a token would be minted for.
+    /// Operator-added URLs on other hosts name no app and pass.
+    pub(crate) fn check(&self, target: &Target) -> Result<(), ProxyError> {
+        let host = target.host();
+        if !APP_HOSTS.contains(&host) {
+            let is_token = host == "rest.fal.ai" && target.path().starts_with("/tokens");
+            return if is_token {
+                Err(ProxyError::EndpointNotAllowed)
+            } else {
+                Ok(())
+            };
+        }
+        let endpoint = target.path().trim_start_matches('/');
+        let streamless = endpoint.strip_suffix("/stream");
+        let endpoint_allowed = self.patterns.iter().any(|pattern| {
+            pattern.matches(endpoint) || streamless.is_some_and(|e| pattern.matches(e))
+        });
+        if endpoint_allowed {
+            return Ok(());
+        }
+        if host == "queue.fal.run" {
+            let mut segments = endpoint.split('/');
+            if let (Some(owner), Some(name), Some("requests"), Some(id)) = (
+                segments.next(),
+                segments.next(),
+                segments.next(),
+                segments.next(),
+            ) && !id.is_empty()
+                && self
+                    .patterns
+                    .iter()
+                    .any(|pattern| pattern.could_match_app(owner, name))
+            {
+                return Ok(());
+            }
+        }
+        Err(ProxyError::EndpointNotAllowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn default_list() -> UrlAllowList {
+        UrlAllowList::new(
+            DEFAULT_ALLOW_URLS
+                .iter()
+                .map(|p| UrlPattern::parse(p).unwrap())
+                .collect(),
+        )
+    }
+
+    fn check(raw: &str) -> Result<(), ProxyError> {
+        let target = Target::parse(raw.as_bytes())?;
+        default_list().check(&target)
+    }
+
+    #[test]
+    fn default_allow_list_table() {
+        use ProxyError::{InvalidTargetUrl as Bad, TargetNotAllowed as No};
+        let cases: &[(&str, Result<(), ProxyError>)] = &[
+            // fal's own URLs, as the client sends them
+            ("https://fal.run/fal-ai/flux/dev", Ok(())),
+            ("https://fal.run/fal-ai/fast-sdxl/stream", Ok(())),
+            ("https://queue.fal.run/fal-ai/flux/dev", Ok(())),
+            (
+                "https://queue.fal.run/fal-ai/flux/dev?fal_webhook=https%3A%2F%2Fx.example",
+                Ok(()),
+            ),
+            (
+                "https://queue.fal.run/fal-ai/flux/requests/abc/status?logs=1",
+                Ok(()),
+            ),
+            (
+                "https://queue.fal.run/fal-ai/flux/requests/abc/status/stream",
+                Ok(()),
+            ),
+            ("https://queue.fal.run/fal-ai/flux/requests/abc", Ok(())),
+            (
+                "https://queue.fal.run/fal-ai/flux/requests/abc/cancel",
+                Ok(()),
+            ),
+            ("https://rest.fal.ai/tokens/", Ok(())),
+            (
+                "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            (
+                "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            ("https://fal.run", Ok(())),
+            ("https://fal.run/", Ok(())),
+            ("https://fal.run:443/fal-ai/flux", Ok(())),
+            // case-insensitive host, exact comparison
+            ("https://FAL.RUN/fal-ai/flux", Ok(())),
+            ("https://Queue.Fal.Run/fal-ai/flux", Ok(())),
+            ("HTTPS://fal.run/fal-ai/flux", Ok(())),
+            // other fal hosts and paths
+            ("https://api.fal.ai/v1/models", Err(No)),
+            ("https://rest.fal.ai/users/me", Err(No)),
+            ("https://rest.fal.ai/tokens", Err(No)),
+            ("https://rest.fal.ai/tokens/x", Err(No)),
+            ("https://rest.fal.ai/tokens/?x=1", Err(No)),
+            ("https://rest.fal.ai/storage/upload/initiate", Err(No)),
+            (
+                "https://rest.fal.ai/storage/upload/initiate?storage_type=gcs",
+                Err(No),
+            ),
+            (
+                "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3&x=1",
+                Err(No),
+            ),
+            (
+                "https://rest.fal.ai/storage/upload/complete-multipart",
+                Err(No),
+            ),
+            ("https://ws.fal.run/fal-ai/flux", Err(No)),
+            ("https://gateway.fal.ai/x", Err(No)),
+            ("https://fal.ai/models", Err(No)),
+            ("https://v3.fal.media/files/x.png", Err(No)),
+            // look-alikes
+            ("https://fal.run.evil.example/fal-ai/flux", Err(No)),
+            ("https://evilfal.run/fal-ai/flux", Err(No)),
+            ("https://evil-fal.run/fal-ai/flux", Err(No)),
+            ("https://fal.run./fal-ai/flux", Err(No)),
+            ("https://queue.fal.run./fal-ai/flux", Err(No)),
+            ("https://xn--fal-9na.run/fal-ai/flux", Err(No)),
+            ("https://fal%2Erun/fal-ai/flux", Err(No)),
+            ("https://%66al.run/fal-ai/flux", Err(No)),
+            ("https://rest.fal.ai.evil.example/tokens/", Err(No)),
+            // user-info, ports, IP literals
+            ("https://fal.run@evil.example/", Err(No)),
+            ("https://user:pass@fal.run/fal-ai/flux", Err(No)),
+            ("https://user@fal.run/fal-ai/flux", Err(No)),
+            ("https://evil.example#@fal.run/", Err(Bad)),
+            ("https://fal.run:8443/fal-ai/flux", Err(No)),
+            ("https://fal.run:80/fal-ai/flux", Err(No)),
+            ("https://fal.run:/fal-ai/flux", Err(No)),
+            ("https://fal.run:0443/fal-ai/flux", Err(No)),
+            ("https://127.0.0.1/fal-ai/flux", Err(No)),
+            ("https://2130706433/fal-ai/flux", Err(No)),
+            ("https://0x7f.1/fal-ai/flux", Err(No)),
+            ("https://[::1]/fal-ai/flux", Err(No)),
+            ("https://169.254.169.254/latest/meta-data", Err(No)),
+            // other schemes
+            ("http://fal.run/fal-ai/flux", Err(No)),
+            ("ftp://fal.run/fal-ai/flux", Err(No)),
+            ("wss://fal.run/fal-ai/flux", Err(No)),
+            ("file:///etc/passwd", Err(No)),
+            ("javascript:alert(1)", Err(Bad)),
+            ("data:text/plain,fal.run", Err(Bad)),
+            // malformed
+            ("", Err(Bad)),
+            ("fal.run/fal-ai/flux", Err(Bad)),
+            ("/fal-ai/flux", Err(Bad)),
+            ("//fal.run/fal-ai/flux", Err(Bad)),
+            ("https:fal.run/fal-ai/flux", Err(Bad)),
+            ("https:/fal.run/fal-ai/flux", Err(Bad)),
+            ("https://", Err(Bad)),
+            ("https://fal.run/fal-ai/flux#frag", Err(Bad)),
+            ("https://fal.run/fal-ai/flux#", Err(Bad)),
+            ("https://fal.run\\@evil.example/", Err(Bad)),
+            ("https://fal.run/fal ai", Err(Bad)),
+            ("https://fal.run/fal-ai/flux\r\nx-evil: 1", Err(Bad)),
+            ("https://fal.run/\u{00e9}", Err(Bad)),
+            ("https://fäl.run/fal-ai/flux", Err(Bad)),
+            ("https://fal.run/\t", Err(Bad)),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(check(raw), *expected, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn what_is_sent_is_what_was_checked() {
+        let target = Target::parse(b"https://FAL.run:443/fal-ai/../fal-ai/flux?x=1").unwrap();
+        assert_eq!(target.as_str(), "https://fal.run/fal-ai/flux?x=1");
+        assert_eq!(target.host(), "fal.run");
+        assert_eq!(target.path_and_query(), "/fal-ai/flux?x=1");
+        // Dot segments cannot climb out of a pattern's prefix.
+        let list = UrlAllowList::new(vec![UrlPattern::parse("fal.run/fal-ai/**").unwrap()]);
+        let climbing = Target::parse(b"https://fal.run/fal-ai/%2e%2e/admin").unwrap();
+        assert_eq!(climbing.path(), "/admin");
+        assert_eq!(list.check(&climbing), Err(ProxyError::TargetNotAllowed));
+    }
+
+    #[test]
+    fn header_must_be_present_once() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            Target::from_headers(&headers),
+            Err(ProxyError::MissingTargetUrl)
+        );
+        headers.insert(TARGET_URL_HEADER, HeaderValue::from_static(""));
+        assert_eq!(
+            Target::from_headers(&headers),
+            Err(ProxyError::InvalidTargetUrl)
+        );
+        headers.insert(
+            TARGET_URL_HEADER,
+            HeaderValue::from_static("https://fal.run/a"),
+        );
+        assert!(Target::from_headers(&headers).is_ok());
+        headers.append(
+            TARGET_URL_HEADER,
+            HeaderValue::from_static("https://fal.run/a"),
+        );
+        assert_eq!(
+            Target::from_headers(&headers),
+            Err(ProxyError::InvalidTargetUrl)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TARGET_URL_HEADER,
+            HeaderValue::from_bytes(b"https://fal.run/\xc3\xa9").unwrap(),
+        );
+        assert_eq!(
+            Target::from_headers(&headers),
+            Err(ProxyError::InvalidTargetUrl)
+        );
+    }
+
+    #[test]
+    fn operator_patterns() {
+        let list = UrlAllowList::new(vec![
+            UrlPattern::parse("https://rest.fal.ai/storage/upload/complete-multipart?*").unwrap(),
+            UrlPattern::parse("Example.COM").unwrap(),
+        ]);
+        let check = |raw: &str| list.check(&Target::parse(raw.as_bytes()).unwrap());
+        assert_eq!(
+            check("https://rest.fal.ai/storage/upload/complete-multipart?upload_id=1"),
+            Ok(())
+        );
+        assert_eq!(check("https://example.com/"), Ok(()));
+        assert_eq!(
+            check("https://example.com/x"),
+            Err(ProxyError::TargetNotAllowed)
+        );
+        for bad in [
+            "",
+            "*.fal.run/**",
+            "http://fal.run/**",
+            "fal.run:8443/**",
+            "/x",
+            "user@fal.run/**",
+        ] {
+            assert!(UrlPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn endpoint_allow_list_table() {
+        let list = |patterns: &[&str]| {
+            EndpointAllowList::new(patterns.iter().map(|p| Glob::new(p)).collect())
+        };
+        let flux_all = list(&["fal-ai/flux/**"]);
+        let flux_dev = list(&["fal-ai/flux/dev"]);
+        let owner = list(&["fal-ai/*"]);
+        use ProxyError::EndpointNotAllowed as No;
+        let cases: &[(&EndpointAllowList, &str, Result<(), ProxyError>)] = &[
+            (&flux_all, "https://fal.run/fal-ai/flux/dev", Ok(())),
+            (&flux_all, "https://fal.run/fal-ai/flux", Ok(())),
+            (&flux_all, "https://queue.fal.run/fal-ai/flux/dev", Ok(())),
+            (
+                &flux_all,
+                "https://queue.fal.run/fal-ai/flux/requests/r1/status",
+                Ok(()),
+            ),
+            (&flux_all, "https://fal.run/fal-ai/flux-pro", Err(No)),
+            (&flux_all, "https://fal.run/fal-ai/other", Err(No)),
+            (
+                &flux_all,
+                "https://queue.fal.run/fal-ai/other/requests/r1/status",
+                Err(No),
+            ),
+            (
+                &flux_all,
+                "https://queue.fal.run/fal-ai/other/requests/r1/cancel",
+                Err(No),
+            ),
+            (&flux_all, "https://rest.fal.ai/tokens/", Err(No)),
+            (
+                &flux_all,
+                "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            (&flux_dev, "https://fal.run/fal-ai/flux/dev", Ok(())),
+            (&flux_dev, "https://fal.run/fal-ai/flux/dev/stream", Ok(())),
+            (&flux_dev, "https://queue.fal.run/fal-ai/flux/dev", Ok(())),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/r1/status",
+                Ok(()),
+            ),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/r1/status/stream",
+                Ok(()),
+            ),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/r1",
+                Ok(()),
+            ),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/r1/cancel",
+                Ok(()),
+            ),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/",
+                Err(No),
+            ),
+            (&flux_dev, "https://fal.run/fal-ai/flux/schnell", Err(No)),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/schnell",
+                Err(No),
+            ),
+            (
+                &flux_dev,
+                "https://fal.run/fal-ai/flux/requests/r1/status",
+                Err(No),
+            ),
+            (&flux_dev, "https://fal.run/fal-ai/flux/dev/x", Err(No)),
+            (&flux_dev, "https://fal.run/fal-ai/flux", Err(No)),
+            (&owner, "https://fal.run/fal-ai/anything", Ok(())),
+            (&owner, "https://fal.run/fal-ai/anything/sub", Err(No)),
+            (
+                &owner,
+                "https://queue.fal.run/fal-ai/anything/requests/r1",
+                Ok(()),
+            ),
+            (
+                &owner,
+                "https://queue.fal.run/someone/anything/requests/r1",
+                Err(No),
+            ),
+        ];
+        for (list, raw, expected) in cases {
+            let target = Target::parse(raw.as_bytes()).unwrap();
+            assert_eq!(
+                list.check(&target),
+                *expected,
+                "{raw:?} with {:?}",
+                list.patterns
+            );
+        }
+    }
+}
