@@ -263,11 +263,7 @@ mod tests {
             let got = got
                 .as_ref()
                 .map(|o| o.as_ref().map(|v| v.to_str().unwrap()));
-            assert_eq!(
-                got,
-                expected.as_ref().map(|o| o.as_deref()),
-                "{pairs:?}"
-            );
+            assert_eq!(got, expected.as_ref().map(|o| o.as_deref()), "{pairs:?}");
         }
     }
 

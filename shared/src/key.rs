@@ -137,11 +137,7 @@ mod tests {
             let server_key = has_server.then_some(&server);
             let got = select(*mode, server_key, &headers(sent));
             let expected = expected.as_ref().map(|k| *k).map_err(|e| *e);
-            assert_eq!(
-                got.as_ref().map_err(|e| *e),
-                expected,
-                "{mode} {sent:?}"
-            );
+            assert_eq!(got.as_ref().map_err(|e| *e), expected, "{mode} {sent:?}");
         }
         assert!(select(User, None, &headers(&[&max])).is_ok());
     }
