@@ -2,6 +2,8 @@
 //! what the Node suite cannot see from the browser's side (the upstream
 //! connection being dropped, chunked bodies, the process's own output).
 
+#![allow(clippy::expect_used, clippy::panic)] // test helpers fail loudly by design
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
