@@ -6,6 +6,7 @@
 
 import http from "node:http";
 import { createHash, randomUUID } from "node:crypto";
+import { gzipSync } from "node:zlib";
 
 /** Deterministic pseudo-random bytes (so large bodies are not trivially compressible). */
 export function patternBytes(size, seed = 1) {
@@ -37,6 +38,8 @@ export const SSE_INTERVAL_MS = 250;
 export const VALIDATION_ERROR_BODY = {
   detail: [{ loc: ["body", "prompt"], msg: "field required", type: "value_error.missing" }],
 };
+// Served gzip-compressed (content-encoding: gzip) by fal.run/fal-ai/gzip-response.
+export const GZIP_RESPONSE_BODY = { images: [{ url: "https://v3.fal.media/files/mock/gz.png" }], text: "z".repeat(5000) };
 export const SERVER_ERROR_BODY = { detail: "Internal Server Error", error_type: "internal_error" };
 
 const BODY_KEEP_LIMIT = 1024 * 1024; // keep raw bodies up to 1 MiB for inspection
@@ -217,6 +220,17 @@ export async function startMockFal() {
       }
       if (app === "fal-ai/server-error") {
         return json(res, 500, SERVER_ERROR_BODY, { "x-fal-request-id": requestId });
+      }
+      if (app === "fal-ai/gzip-response") {
+        const gz = gzipSync(Buffer.from(JSON.stringify(GZIP_RESPONSE_BODY)));
+        res.writeHead(200, {
+          "content-type": "application/json",
+          "content-encoding": "gzip",
+          "content-length": gz.length,
+          "x-fal-request-id": requestId,
+        });
+        res.end(gz);
+        return;
       }
       if (app === "fal-ai/big-response") {
         res.writeHead(200, {

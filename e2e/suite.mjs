@@ -26,6 +26,7 @@ import {
   SSE_INTERVAL_MS,
   VALIDATION_ERROR_BODY,
   SERVER_ERROR_BODY,
+  GZIP_RESPONSE_BODY,
 } from "./mock-fal.mjs";
 
 export const SERVER_KEY = "test-key-id:test-key-secret";
@@ -767,6 +768,24 @@ export function defineSuite(launcher) {
           assert.equal(sha256(res.body), mock.bigResponseSha256);
         });
 
+        it("a body over the default 32 MiB limit → 413 body_too_large, nothing upstream", opts, async () => {
+          const res = await proxyFetch(t, "https://fal.run/fal-ai/flux/dev", {
+            body: patternBytes(32 * 1024 * 1024 + 1, 6),
+            headers: { "content-type": "application/octet-stream" },
+          });
+          expectProxyError(res, 413, "body_too_large");
+          await expectNothingUpstream();
+        });
+
+        it("a gzip-encoded upstream response is decoded correctly by the client", opts, async () => {
+          const res = await proxyFetch(t, "https://fal.run/fal-ai/gzip-response", { body: "{}" });
+          assert.equal(res.status, 200);
+          assert.deepEqual(res.json, GZIP_RESPONSE_BODY);
+          const fal = makeClient(t);
+          const { data } = await fal.run("fal-ai/gzip-response", { input: { prompt: "gz" } });
+          assert.deepEqual(data, GZIP_RESPONSE_BODY);
+        });
+
         it("SSE through raw fetch is delivered incrementally", opts, async () => {
           const res = await fetch(t.url, {
             method: "POST",
@@ -1023,6 +1042,23 @@ export function defineSuite(launcher) {
           expectProxyError(res, 504, "upstream_timeout");
           assert.ok(elapsed < SLOW_DELAY_MS - 500, `proxy must give up after ~1 s, took ${elapsed} ms`);
           assert.equal(mock.requests.length, 1, "the request did reach upstream");
+        },
+      );
+
+      it(
+        "a stream that keeps sending is not cut by FAL_PROXY_TIMEOUT_SECS",
+        { ...opts, skip: capabilities.timeout === false ? `launcher ${launcher.name} does not support upstream timeouts` : false },
+        async () => {
+          const res = await fetch(t.url, {
+            method: "POST",
+            headers: { "x-fal-target-url": "https://fal.run/fal-ai/flux/dev/stream", "content-type": "application/json" },
+            body: JSON.stringify({ prompt: "long" }),
+          });
+          assert.equal(res.status, 200);
+          const events = await collectSse(res);
+          // the mock stream lasts (SSE_EVENT_COUNT - 1) * SSE_INTERVAL_MS > 1 s
+          assert.equal(events.length, SSE_EVENT_COUNT);
+          assert.equal(events.at(-1).data.done, true);
         },
       );
 
