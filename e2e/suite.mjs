@@ -5,7 +5,8 @@
 // Binary path: $FAL_PROXY_SERVER_BIN, default <repo>/target/debug/fal-proxy-server.
 //
 // `defineSuite(launcher)` registers every test with node:test. A launcher is
-//   { name, capabilities?: { timeout?: boolean }, async start(env) -> { url, stop() } }
+//   { name, capabilities?: { timeout?: boolean, maxRequestBytes?: number }, async start(env) -> { url, stop() } }
+// `maxRequestBytes`: the largest request body the platform delivers (the proxy caps its limit to it).
 // where `url` is the full proxy URL ending in /api/fal/proxy. The suite starts the target a
 // few times with different configuration env; FAL_PROXY_UPSTREAM always points at the
 // in-process mock fal upstream (mock-fal.mjs), so nothing here ever talks to the real fal.ai.
@@ -747,8 +748,12 @@ export function defineSuite(launcher) {
       });
 
       describe("bodies and streaming", () => {
-        it("20 MB request body arrives upstream intact", opts, async () => {
-          const bytes = patternBytes(20 * 1000 * 1000, 5);
+        // A platform with a smaller payload limit (Lambda) declares it; the proxy caps its own
+        // limit there, so the 20 MB body is a clear 413 and a body at the limit passes intact.
+        const requestCap = capabilities.maxRequestBytes;
+        const bigBody = requestCap === undefined ? 20 * 1000 * 1000 : requestCap;
+        it(`${bigBody} byte request body arrives upstream intact`, opts, async () => {
+          const bytes = patternBytes(bigBody, 5);
           const res = await proxyFetch(t, "https://fal.run/fal-ai/flux/dev", {
             body: bytes,
             headers: { "content-type": "application/octet-stream" },
@@ -760,6 +765,17 @@ export function defineSuite(launcher) {
           assert.equal(rec.headers["content-type"], "application/octet-stream");
           assert.equal(res.json.received.sha256, sha256(bytes));
         });
+
+        if (requestCap !== undefined) {
+          it("20 MB request body over the platform's limit → 413 body_too_large, nothing upstream", opts, async () => {
+            const res = await proxyFetch(t, "https://fal.run/fal-ai/flux/dev", {
+              body: patternBytes(20 * 1000 * 1000, 5),
+              headers: { "content-type": "application/octet-stream" },
+            });
+            expectProxyError(res, 413, "body_too_large");
+            await expectNothingUpstream();
+          });
+        }
 
         it("10 MB response body reaches the client intact", opts, async () => {
           const res = await proxyFetch(t, "https://fal.run/fal-ai/big-response", { body: "{}" });

@@ -12,7 +12,7 @@
 
 mod logged_body;
 
-use fal_proxy_core::{Config, PROXY_PATH, Proxy, ReqwestUpstream, vars};
+use fal_proxy_core::{Config, DrainOnDrop, PROXY_PATH, Proxy, ReqwestUpstream, vars};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -105,6 +105,8 @@ async fn handle(
     request: http::Request<Incoming>,
 ) -> Result<http::Response<LoggedBody>, std::convert::Infallible> {
     let started = Instant::now();
+    // A refused request's unread body is read out, so the browser gets the answer.
+    let request = request.map(DrainOnDrop::new);
     let response = proxy.forward(upstream.as_ref(), request).await;
     Ok(LoggedBody::wrap(response, started))
 }

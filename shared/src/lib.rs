@@ -78,6 +78,8 @@ mod target;
 #[cfg(feature = "http-body")]
 mod body;
 #[cfg(feature = "reqwest")]
+mod drain;
+#[cfg(feature = "reqwest")]
 mod upstream_reqwest;
 
 pub use config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, vars};
@@ -89,5 +91,7 @@ pub use target::{TARGET_URL_HEADER, Target};
 
 #[cfg(feature = "http-body")]
 pub use body::{BoxError, is_body_limit_error, limit_body};
+#[cfg(feature = "reqwest")]
+pub use drain::DrainOnDrop;
 #[cfg(feature = "reqwest")]
 pub use upstream_reqwest::ReqwestUpstream;

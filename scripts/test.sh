@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: static checks, the Rust unit/contract/binary tests, then
+# every deploy target built and run for real under the end-to-end suite (the
+# real @fal-ai/client against a mock fal on 127.0.0.1). Installs what it
+# needs; tools go under ${FAL_PROXY_TOOLS:-~/.cache/fal-proxy/tools}, keyed
+# by version, so a second run reuses them. Nothing here reaches fal.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain and tools"
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo clippy -p fal-proxy-core --target wasm32-unknown-unknown -- -D warnings
+
+step "Rust tests (unit, contract, doc, server binary)"
+cargo test --workspace --all-features
+
+step "build the targets"
+cargo build -p fal-proxy-server
+
+step "end-to-end: the real @fal-ai/client against every target"
+(cd e2e && node --test --test-concurrency=1 native.test.mjs)
