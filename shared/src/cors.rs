@@ -171,20 +171,10 @@ fn is_same_origin(origin: &str, headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::header_map as headers;
 
     fn cors(items: &[&str]) -> Cors {
         Cors::new(&items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap()
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        headers
     }
 
     #[test]

@@ -79,6 +79,8 @@ mod target;
 mod body;
 #[cfg(feature = "reqwest")]
 mod drain;
+#[cfg(test)]
+mod test_support;
 #[cfg(feature = "reqwest")]
 mod upstream_reqwest;
 

@@ -28,6 +28,15 @@ pub(crate) const DEFAULT_ALLOW_URLS: &[&str] = &[
 /// Hosts whose paths name fal apps (`owner/name/...`).
 const APP_HOSTS: &[&str] = &["fal.run", "queue.fal.run"];
 
+/// A host name as written: letters, digits, dots and hyphens only, so no
+/// user-info, port, percent-encoding, IP-literal brackets or non-ASCII.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-'))
+}
+
 /// A validated target URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -74,11 +83,7 @@ impl Target {
             .unwrap_or(after_scheme.len());
         let authority = &after_scheme[..authority_end];
         let host = authority.strip_suffix(":443").unwrap_or(authority);
-        let plain_host = !host.is_empty()
-            && host
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-'));
-        if !plain_host || url.port().is_some() || !url.username().is_empty() {
+        if !is_plain_host(host) || url.port().is_some() || !url.username().is_empty() {
             return Err(ProxyError::TargetNotAllowed);
         }
         match url.host() {
@@ -124,11 +129,7 @@ impl UrlPattern {
             Some(index) => pattern.split_at(index),
             None => (pattern, "/"),
         };
-        let plain_host = !host.is_empty()
-            && host
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-'));
-        if !plain_host {
+        if !is_plain_host(host) {
             return Err(format!(
                 "{pattern:?} must start with a plain host name such as fal.run (no scheme other than https://, no port, no wildcard in the host)"
             ));
