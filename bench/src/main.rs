@@ -50,9 +50,18 @@ async fn main() {
     let pid = proxy.id().expect("pid");
     let mut lines = BufReader::new(proxy.stderr.take().expect("stderr")).lines();
     let proxy_addr: SocketAddr = loop {
-        let line = lines.next_line().await.expect("stderr").expect("proxy exited");
+        let line = lines
+            .next_line()
+            .await
+            .expect("stderr")
+            .expect("proxy exited");
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().expect("address").parse().expect("address");
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("address")
+                .parse()
+                .expect("address");
         }
     };
     // Drain (and drop) the per-request log lines so the pipe never fills.
@@ -152,7 +161,12 @@ async fn load(client: &HttpClient, route: &Route, concurrency: usize) -> Level {
                     .await
                     .expect("response");
                 assert_eq!(response.status(), 200);
-                let body = response.into_body().collect().await.expect("body").to_bytes();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes();
                 assert_eq!(body.len(), RESULT_JSON.len());
                 if sent >= measure_from {
                     samples.push(sent.elapsed());
@@ -184,7 +198,10 @@ async fn first_event(client: &HttpClient, route: &Route) -> Duration {
         let mut body = response.into_body();
         loop {
             let frame = body.frame().await.expect("first event").expect("frame");
-            if frame.data_ref().is_some_and(|data| data.starts_with(b"data:")) {
+            if frame
+                .data_ref()
+                .is_some_and(|data| data.starts_with(b"data:"))
+            {
                 samples.push(sent.elapsed());
                 break;
             }
@@ -203,7 +220,9 @@ async fn start_mock() -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = service_fn(mock_fal);
@@ -218,7 +237,9 @@ async fn start_mock() -> SocketAddr {
 
 type MockBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn mock_fal(request: http::Request<Incoming>) -> Result<http::Response<MockBody>, Infallible> {
+async fn mock_fal(
+    request: http::Request<Incoming>,
+) -> Result<http::Response<MockBody>, Infallible> {
     let stream = request.uri().path().ends_with("/stream");
     let _ = request.into_body().collect().await;
     if !stream {
@@ -230,9 +251,13 @@ async fn mock_fal(request: http::Request<Incoming>) -> Result<http::Response<Moc
     }
     let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
-        let _ = sender.send(Bytes::from_static(b"data: {\"n\":0}\n\n")).await;
+        let _ = sender
+            .send(Bytes::from_static(b"data: {\"n\":0}\n\n"))
+            .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let _ = sender.send(Bytes::from_static(b"data: {\"n\":1}\n\n")).await;
+        let _ = sender
+            .send(Bytes::from_static(b"data: {\"n\":1}\n\n"))
+            .await;
     });
     let response = http::Response::builder()
         .header("content-type", "text/event-stream")
@@ -252,7 +277,10 @@ impl hyper::body::Body for ChannelBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.get_mut().0.poll_recv(cx).map(|data| data.map(|data| Ok(Frame::data(data))))
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|data| data.map(|data| Ok(Frame::data(data))))
     }
 }
 
