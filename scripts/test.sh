@@ -7,22 +7,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s (%ss)\n' "$*" "$SECONDS"; }
 
 step "toolchain and tools"
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+eval "$(scripts/tools/lambda.sh)"   # cargo-lambda (the Lambda emulator), cfn-lint
+eval "$(scripts/tools/vercel.sh)"   # the Vercel CLI, for an offline `vercel build`
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo clippy -p fal-proxy-core --target wasm32-unknown-unknown -- -D warnings
+scripts/check-template.sh
 
-step "Rust tests (unit, contract, doc, server binary)"
+step "Rust tests (unit, contract, doc, the server, Lambda runtime API)"
 cargo test --workspace --all-features
 
 step "build the targets"
-cargo build -p fal-proxy-server
+cargo build --locked -p fal-proxy-server
+scripts/build-vercel.sh
+scripts/build-lambda.sh
 
 step "end-to-end: the real @fal-ai/client against every target"
-(cd e2e && node --test --test-concurrency=1 native.test.mjs)
+(cd e2e && node --test --test-concurrency=1 \
+  native.test.mjs \
+  vercel.test.mjs vercel-function.test.mjs vercel-routes.test.mjs \
+  lambda.test.mjs)
+
+step "done"

@@ -10,14 +10,13 @@
 //! duration, bytes) and never a key. SIGTERM or Ctrl-C stops accepting,
 //! lets open requests finish for up to ten seconds, then exits.
 
-mod logged_body;
-
-use fal_proxy_core::{Config, DrainOnDrop, PROXY_PATH, Proxy, ReqwestUpstream, vars};
+use fal_proxy_core::{
+    Config, DrainOnDrop, LoggedBody, PROXY_PATH, Proxy, ReqwestBody, ReqwestUpstream, vars,
+};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
-use logged_body::LoggedBody;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -103,12 +102,14 @@ async fn handle(
     proxy: Arc<Proxy>,
     upstream: Arc<ReqwestUpstream>,
     request: http::Request<Incoming>,
-) -> Result<http::Response<LoggedBody>, std::convert::Infallible> {
+) -> Result<http::Response<LoggedBody<ReqwestBody>>, std::convert::Infallible> {
     let started = Instant::now();
     // A refused request's unread body is read out, so the browser gets the answer.
     let request = request.map(DrainOnDrop::new);
     let response = proxy.forward(upstream.as_ref(), request).await;
-    Ok(LoggedBody::wrap(response, started))
+    Ok(LoggedBody::wrap(response, started, |line| {
+        eprintln!("fal-proxy: {line}")
+    }))
 }
 
 fn listen_address(env: impl Fn(&str) -> Option<String>) -> Result<SocketAddr, String> {

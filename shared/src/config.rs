@@ -52,6 +52,20 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The answer to every request of a deployment whose settings are wrong
+    /// (a serverless function must not crash-loop): a JSON 500
+    /// `invalid_configuration` naming the variable, never its value.
+    pub fn to_response(&self) -> http::Response<bytes::Bytes> {
+        crate::error::json_error(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            &format!(
+                "The proxy is misconfigured: {} is invalid. Its log says why; fix the variable and redeploy.",
+                self.var
+            ),
+            "invalid_configuration",
+        )
+    }
+
     fn new(var: &'static str, reason: impl Into<String>) -> Self {
         Self {
             var,
@@ -416,6 +430,17 @@ mod tests {
         assert!(!shown.contains("secret-value"), "{shown}");
         let error = super::tests::config(&[("FAL_KEY", "my-id:my very-secret-value")]).unwrap_err();
         assert!(!error.to_string().contains("secret-value"));
+    }
+
+    #[test]
+    fn a_config_error_answers_invalid_configuration() {
+        let error = config(&[("FAL_KEY", "id:secret value")]).unwrap_err();
+        let response = error.to_response();
+        assert_eq!(response.status(), 500);
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error_type"], "invalid_configuration");
+        assert!(body["detail"].as_str().unwrap().contains("FAL_KEY"));
+        assert!(!response.body().windows(5).any(|w| w == b"value"));
     }
 
     #[test]

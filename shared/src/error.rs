@@ -105,26 +105,29 @@ impl ProxyError {
 
     /// The error as a response: fal's error shape, so the fal client shows it.
     pub fn to_response(self) -> Response<Bytes> {
-        let body = serde_json::json!({
-            "detail": self.to_string(),
-            "error_type": self.error_type(),
-        });
-        let mut response = Response::new(Bytes::from(body.to_string()));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut response = json_error(self.status(), &self.to_string(), self.error_type());
         if self == Self::MethodNotAllowed {
-            headers.insert(
+            response.headers_mut().insert(
                 header::ALLOW,
                 HeaderValue::from_static("GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS"),
             );
         }
         response
     }
+}
+
+/// `{"detail": ..., "error_type": ...}` as JSON, never cached.
+pub(crate) fn json_error(status: StatusCode, detail: &str, error_type: &str) -> Response<Bytes> {
+    let body = serde_json::json!({ "detail": detail, "error_type": error_type });
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Why the upstream exchange failed, as reported by a target's HTTP client.

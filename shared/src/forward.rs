@@ -60,6 +60,11 @@ impl Exchange {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        Self::new(Method::GET)
+    }
+
     /// The error the proxy answered with, if it answered by itself.
     pub fn error(&self) -> Option<ProxyError> {
         self.error

@@ -70,6 +70,7 @@ mod config;
 mod cors;
 mod error;
 mod forward;
+mod function;
 mod headers;
 mod key;
 mod pattern;
@@ -87,13 +88,17 @@ mod upstream_reqwest;
 pub use config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, vars};
 pub use error::{ProxyError, UpstreamError};
 pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
+pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use key::{KeyMode, USER_KEY_HEADER};
 pub use target::{TARGET_URL_HEADER, Target};
 
 #[cfg(feature = "http-body")]
-pub use body::{BoxError, is_body_limit_error, limit_body};
+pub use body::{BoxError, LoggedBody, is_body_limit_error, limit_body};
 #[cfg(feature = "reqwest")]
 pub use drain::DrainOnDrop;
+/// The body of a response from [`ReqwestUpstream`].
+#[cfg(feature = "reqwest")]
+pub use reqwest::Body as ReqwestBody;
 #[cfg(feature = "reqwest")]
 pub use upstream_reqwest::ReqwestUpstream;

@@ -1,0 +1,169 @@
+//! A serverless function's proxy, decided once per process.
+
+use crate::config::{Config, ConfigError, vars};
+use crate::error::ProxyError;
+use crate::forward::{Proxy, ProxyBody, Upstream};
+use http::{Request, Response};
+use std::fmt::Display;
+
+/// What a function's cold start produced: a ready proxy, or the reason it
+/// has none. A function must not crash-loop on a bad setting (the platform
+/// would answer with its own bare error, and retry), so the reason is
+/// answered on every request instead.
+#[derive(Debug)]
+pub enum Function<U> {
+    /// Forwarding with this proxy and upstream client.
+    Ready {
+        /// The proxy, with the platform's body limit applied.
+        proxy: Proxy,
+        /// The HTTP client, built once.
+        upstream: U,
+    },
+    /// A setting is invalid: every request gets a JSON 500 naming it.
+    Misconfigured(ConfigError),
+    /// The HTTP client could not be built: every request gets a JSON 500.
+    NoClient,
+}
+
+impl<U> Function<U> {
+    /// Parses the configuration through `lookup`, lowers the body limit to
+    /// `platform_max_body` bytes, builds the client, and reports the outcome
+    /// in a few lines through `log` (never a key).
+    pub fn start<E: Display>(
+        lookup: impl Fn(&str) -> Option<String>,
+        platform: &str,
+        platform_max_body: u64,
+        client: impl FnOnce(&Config) -> Result<U, E>,
+        log: impl Fn(&str),
+    ) -> Self {
+        let mut config = match Config::from_lookup(lookup) {
+            Ok(config) => config,
+            Err(error) => {
+                log(&format!(
+                    "fal-proxy: {error}; every request is answered 500 invalid_configuration until it is fixed"
+                ));
+                return Self::Misconfigured(error);
+            }
+        };
+        config.cap_max_body_bytes(platform_max_body);
+        let upstream = match client(&config) {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                log(&format!("fal-proxy: cannot build the HTTP client: {error}"));
+                return Self::NoClient;
+            }
+        };
+        if let Some(origin) = config.upstream_override() {
+            log(&format!(
+                "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
+                vars::UPSTREAM
+            ));
+        }
+        log(&format!(
+            "fal-proxy: ready on {platform}; {}; body limit: {} bytes; upstream timeout: {} s",
+            config.summary(),
+            config.max_body_bytes(),
+            config.timeout().as_secs()
+        ));
+        Self::Ready {
+            proxy: Proxy::new(config, platform),
+            upstream,
+        }
+    }
+
+    /// Answers one request. Never fails.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody<U::Body>>
+    where
+        U: Upstream<B>,
+    {
+        match self {
+            Self::Ready { proxy, upstream } => proxy.forward(upstream, request).await,
+            Self::Misconfigured(error) => error.to_response().map(ProxyBody::Full),
+            Self::NoClient => ProxyError::Internal.to_response().map(ProxyBody::Full),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::UpstreamError;
+    use bytes::Bytes;
+    use std::cell::RefCell;
+
+    struct Echo;
+
+    impl Upstream<Bytes> for Echo {
+        type Body = Bytes;
+        async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
+            Ok(Response::new(request.into_body()))
+        }
+    }
+
+    fn start(pairs: &'static [(&str, &str)], client_ok: bool) -> (Function<Echo>, Vec<String>) {
+        let lines = RefCell::new(Vec::new());
+        let function = Function::start(
+            |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            },
+            "test",
+            1000,
+            |_| if client_ok { Ok(Echo) } else { Err("no roots") },
+            |line| lines.borrow_mut().push(line.to_owned()),
+        );
+        (function, lines.into_inner())
+    }
+
+    fn run(function: &Function<Echo>) -> Response<ProxyBody<Bytes>> {
+        let request = Request::post("/api/fal/proxy")
+            .header("x-fal-target-url", "https://fal.run/fal-ai/x")
+            .body(Bytes::from_static(b"{}"))
+            .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(function.handle(request))
+    }
+
+    #[test]
+    fn outcomes() {
+        let (ready, lines) = start(
+            &[
+                ("FAL_KEY", "id:secret"),
+                ("FAL_PROXY_MAX_BODY_BYTES", "5000"),
+            ],
+            true,
+        );
+        let Function::Ready { proxy, .. } = &ready else {
+            panic!("ready")
+        };
+        assert_eq!(proxy.config().max_body_bytes(), 1000);
+        assert_eq!(run(&ready).status(), 200);
+        assert!(
+            lines.iter().any(|l| l.contains("ready on test")),
+            "{lines:?}"
+        );
+
+        let (bad, lines) = start(&[("FAL_KEY", "id:secret value")], true);
+        assert!(matches!(bad, Function::Misconfigured(_)));
+        let response = run(&bad);
+        assert_eq!(response.status(), 500);
+        let ProxyBody::Full(body) = response.into_body() else {
+            panic!("full")
+        };
+        assert!(String::from_utf8_lossy(&body).contains("invalid_configuration"));
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("FAL_KEY") && !l.contains("value")),
+            "{lines:?}"
+        );
+
+        let (no_client, _) = start(&[], false);
+        assert!(matches!(no_client, Function::NoClient));
+        assert_eq!(run(&no_client).status(), 500);
+    }
+}
