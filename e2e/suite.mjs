@@ -777,6 +777,23 @@ export function defineSuite(launcher) {
           });
         }
 
+        it("a 3 MB chunked request body (no content-length) arrives upstream complete and intact", opts, async () => {
+          const data = patternBytes(3_000_000, 21);
+          const res = await rawRequest(t, {
+            headers: {
+              "x-fal-target-url": "https://fal.run/fal-ai/flux/dev",
+              "content-type": "application/octet-stream",
+              "transfer-encoding": "chunked",
+            },
+            chunks: Array.from({ length: 30 }, (_, i) => data.subarray(i * 100_000, (i + 1) * 100_000)),
+          });
+          assert.equal(res.status, 200, res.body.toString().slice(0, 300));
+          const rec = onlyRequest();
+          assert.ok(rec.complete, "upstream saw the end of the body");
+          assert.equal(rec.bodyLength, data.length);
+          assert.equal(rec.sha256, sha256(data));
+        });
+
         it("10 MB response body reaches the client intact", opts, async () => {
           const res = await proxyFetch(t, "https://fal.run/fal-ai/big-response", { body: "{}" });
           assert.equal(res.status, 200);
@@ -1029,6 +1046,23 @@ export function defineSuite(launcher) {
         });
         expectProxyError(res, 413, "body_too_large");
         await expectNothingUpstream();
+      });
+
+      it("a 1000-byte chunked POST (no content-length, at the limit) arrives upstream complete and intact", opts, async () => {
+        const data = patternBytes(1000, 14);
+        const res = await rawRequest(t, {
+          headers: {
+            "x-fal-target-url": "https://fal.run/fal-ai/flux/dev",
+            "content-type": "application/octet-stream",
+            "transfer-encoding": "chunked",
+          },
+          chunks: [data.subarray(0, 400), data.subarray(400, 800), data.subarray(800)],
+        });
+        assert.equal(res.status, 200, res.body.toString());
+        const rec = onlyRequest();
+        assert.ok(rec.complete, "upstream saw the end of the body");
+        assert.equal(rec.bodyLength, data.length);
+        assert.equal(rec.sha256, sha256(data));
       });
 
       it("a 2000-byte chunked POST (no content-length) → 413 body_too_large, never completed upstream", opts, async () => {

@@ -13,12 +13,14 @@ step "toolchain and tools"
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 eval "$(scripts/tools/lambda.sh)"   # cargo-lambda (the Lambda emulator), cfn-lint
 eval "$(scripts/tools/vercel.sh)"   # the Vercel CLI, for an offline `vercel build`
-(cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+eval "$(scripts/tools/worker.sh)"   # worker-build, wasm-bindgen, wasm-opt, esbuild
+npm ci --no-audit --no-fund --loglevel=error            # wrangler
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error) # @fal-ai/client
 
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-cargo clippy -p fal-proxy-core --target wasm32-unknown-unknown -- -D warnings
+cargo clippy -p fal-proxy-core -p fal-proxy-worker --target wasm32-unknown-unknown -- -D warnings
 scripts/check-template.sh
 
 step "Rust tests (unit, contract, doc, the server, Lambda runtime API)"
@@ -28,11 +30,14 @@ step "build the targets"
 cargo build --locked -p fal-proxy-server
 scripts/build-vercel.sh
 scripts/build-lambda.sh
+scripts/build-worker.sh
+scripts/check-worker-size.sh
 
 step "end-to-end: the real @fal-ai/client against every target"
 (cd e2e && node --test --test-concurrency=1 \
   native.test.mjs \
   vercel.test.mjs vercel-function.test.mjs vercel-routes.test.mjs \
-  lambda.test.mjs)
+  lambda.test.mjs \
+  worker.test.mjs)
 
 step "done"

@@ -20,7 +20,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { cleanEnv, freePort, repoRoot, requireFile, sleep, spawnCaptured } from "./process.mjs";
+import { cleanEnv, freePort, repoRoot, requireFile, spawnCaptured, untilProxyAnswers } from "./process.mjs";
 
 const BIN_NAME = "fal-proxy-lambda";
 const READY_TIMEOUT_MS = 50_000;
@@ -54,24 +54,9 @@ async function startOnce(envFile) {
   const proc = spawnCaptured("cargo-lambda", cargoLambda(), args, { cwd: path.join(repoRoot, "lambda"), env: baseEnv() }, { group: true });
 
   const url = `http://127.0.0.1:${port}/lambda-url/${BIN_NAME}/api/fal/proxy`;
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  const ready = (async () => {
-    for (;;) {
-      if (Date.now() > deadline) throw new Error(`the Lambda function did not answer within ${READY_TIMEOUT_MS} ms${proc.describe()}`);
-      try {
-        // No x-fal-target-url: the proxy itself answers (400), nothing goes upstream.
-        // The first request starts the function, so it may take a while.
-        const res = await fetch(url, { signal: AbortSignal.timeout(Math.max(1000, deadline - Date.now())) });
-        const body = await res.json().catch(() => null);
-        if (body && typeof body.error_type === "string") return;
-      } catch {
-        // not listening yet
-      }
-      await sleep(200);
-    }
-  })();
   try {
-    await proc.untilExit(ready);
+    // The first request starts the function, so it may take a while.
+    await untilProxyAnswers(proc, url, READY_TIMEOUT_MS);
   } catch (error) {
     await proc.kill();
     // A busy port makes the emulator exit (with status 0): the caller retries.

@@ -133,3 +133,25 @@ export function spawnCaptured(label, command, args, options = {}, { group = fals
   };
   return proc;
 }
+
+/**
+ * Polls `url` until the proxy itself answers (a JSON error with an `error_type`, which it
+ * makes without contacting fal), for targets that cannot say when they are ready.
+ */
+export async function untilProxyAnswers(proc, url, ms) {
+  const deadline = Date.now() + ms;
+  const ready = (async () => {
+    for (;;) {
+      if (Date.now() > deadline) throw new Error(`the proxy at ${url} did not answer within ${ms} ms${proc.describe()}`);
+      try {
+        const res = await fetch(url, { signal: AbortSignal.timeout(Math.max(1000, Math.min(5000, deadline - Date.now()))) });
+        const body = await res.json().catch(() => null);
+        if (body && typeof body.error_type === "string") return;
+      } catch {
+        // not listening yet
+      }
+      await sleep(150);
+    }
+  })();
+  return proc.untilExit(ready);
+}
