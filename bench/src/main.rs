@@ -1,9 +1,10 @@
 //! `scripts/bench.sh`: the native server's own cost, measured.
 //!
 //! Starts a mock fal upstream in this process, the release proxy binary in
-//! another, and drives both with a pooled HTTP/1.1 client on loopback: the
-//! same requests sent straight to the mock and through the proxy, so the
-//! proxy's cost shows as a ratio. Bounded: a fixed time per level, loopback
+//! another (and, when given a second argument, the official Node proxy's
+//! Express server script under `node`), and drives them with a pooled
+//! HTTP/1.1 client on loopback: the same requests sent straight to the mock
+//! and through each proxy, so a proxy's cost shows as a ratio. Bounded: a fixed time per level, loopback
 //! only. Prints a Markdown table for the README.
 
 #![allow(clippy::expect_used, clippy::panic)] // a measuring tool: fail loudly
@@ -33,85 +34,144 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[tokio::main]
 async fn main() {
-    let proxy_bin = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let proxy_bin = args
+        .next()
         .unwrap_or_else(|| "target/release/fal-proxy-server".to_owned());
+    let reference_script = args.next();
     let mock = start_mock().await;
-    let mut proxy = Command::new(&proxy_bin)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("FAL_KEY", "bench-id:bench-secret")
-        .env("FAL_PROXY_UPSTREAM", format!("http://{mock}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {proxy_bin}: {error}"));
-    let pid = proxy.id().expect("pid");
-    let mut lines = BufReader::new(proxy.stderr.take().expect("stderr")).lines();
-    let proxy_addr: SocketAddr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("stderr")
-            .expect("proxy exited");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .expect("address")
-                .parse()
-                .expect("address");
-        }
-    };
-    // Drain (and drop) the per-request log lines so the pipe never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let idle_rss = memory_kib(pid, "VmRSS");
+    let mut contenders = vec![Contender::start("fal-proxy", &proxy_bin, &[], mock).await];
+    if let Some(script) = &reference_script {
+        contenders
+            .push(Contender::start("official Node proxy", "node", &[script.as_str()], mock).await);
+    }
 
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(128)
         .build_http();
     let direct = Route::Direct(mock);
-    let proxied = Route::Proxy(proxy_addr);
 
-    println!("| what | direct to mock | through the proxy | proxy / direct |");
-    println!("|---|---|---|---|");
+    let mut header = String::from("| what | direct to mock |");
+    let mut rule = String::from("|---|---|");
+    for contender in &contenders {
+        header.push_str(&format!(" {0} | {0} / direct |", contender.name));
+        rule.push_str("---|---|");
+    }
+    println!("{header}\n{rule}");
     for concurrency in [1usize, 16, 64] {
         let d = load(&client, &direct, concurrency).await;
-        let p = load(&client, &proxied, concurrency).await;
-        println!(
-            "| c={concurrency}: requests/s | {:.0} | {:.0} | {:.2} |",
-            d.rps,
-            p.rps,
-            p.rps / d.rps
+        let mut levels = Vec::new();
+        for contender in &contenders {
+            levels.push(load(&client, &Route::Proxy(contender.addr), concurrency).await);
+        }
+        let row = |what: &str,
+                   direct: f64,
+                   value: &dyn Fn(&Level) -> f64,
+                   show: &dyn Fn(f64) -> String| {
+            let mut line = format!("| c={concurrency}: {what} | {} |", show(direct));
+            for level in &levels {
+                line.push_str(&format!(
+                    " {} | {:.2} |",
+                    show(value(level)),
+                    value(level) / direct
+                ));
+            }
+            println!("{line}");
+        };
+        let us = |secs: f64| format!("{:.0} µs", secs * 1e6);
+        row("requests/s", d.rps, &|l| l.rps, &|v| format!("{v:.0}"));
+        row(
+            "p50 latency",
+            d.p50.as_secs_f64(),
+            &|l| l.p50.as_secs_f64(),
+            &us,
         );
-        println!(
-            "| c={concurrency}: p50 latency | {} | {} | {:.2} |",
-            micros(d.p50),
-            micros(p.p50),
-            p.p50.as_secs_f64() / d.p50.as_secs_f64()
-        );
-        println!(
-            "| c={concurrency}: p99 latency | {} | {} | {:.2} |",
-            micros(d.p99),
-            micros(p.p99),
-            p.p99.as_secs_f64() / d.p99.as_secs_f64()
+        row(
+            "p99 latency",
+            d.p99.as_secs_f64(),
+            &|l| l.p99.as_secs_f64(),
+            &us,
         );
     }
     let d = first_event(&client, &direct).await;
-    let p = first_event(&client, &proxied).await;
-    println!(
-        "| time to first SSE event (median of {SSE_SAMPLES}) | {} | {} | {:.2} |",
-        micros(d),
-        micros(p),
-        p.as_secs_f64() / d.as_secs_f64()
+    let mut line = format!(
+        "| time to first SSE event (median of {SSE_SAMPLES}) | {} |",
+        micros(d)
     );
-    println!(
-        "| proxy memory: idle RSS / peak RSS | | {} KiB / {} KiB | |",
-        idle_rss,
-        memory_kib(pid, "VmHWM")
-    );
-    let _ = proxy.kill().await;
+    for contender in &contenders {
+        let p = first_event(&client, &Route::Proxy(contender.addr)).await;
+        line.push_str(&format!(
+            " {} | {:.2} |",
+            micros(p),
+            p.as_secs_f64() / d.as_secs_f64()
+        ));
+    }
+    println!("{line}");
+    let mut line = String::from("| memory: idle RSS / peak RSS | |");
+    for contender in &contenders {
+        line.push_str(&format!(
+            " {} KiB / {} KiB | |",
+            contender.idle_rss,
+            memory_kib(contender.pid, "VmHWM")
+        ));
+    }
+    println!("{line}");
+    for mut contender in contenders {
+        let _ = contender.child.kill().await;
+    }
+}
+
+/// A proxy under measurement, in its own process, pointed at the mock.
+struct Contender {
+    name: &'static str,
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+    idle_rss: u64,
+}
+
+impl Contender {
+    /// Starts `program args` and waits for its `listening on http://ADDR` line.
+    async fn start(name: &'static str, program: &str, args: &[&str], mock: SocketAddr) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("FAL_KEY", "bench-id:bench-secret")
+            .env("FAL_PROXY_UPSTREAM", format!("http://{mock}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {program}: {error}"));
+        let pid = child.id().expect("pid");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr: SocketAddr = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("stderr")
+                .unwrap_or_else(|| panic!("{name} exited before listening"));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .expect("address")
+                    .parse()
+                    .expect("address");
+            }
+        };
+        // Drain (and drop) the per-request log lines so the pipe never fills.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let idle_rss = memory_kib(pid, "VmRSS");
+        Self {
+            name,
+            child,
+            pid,
+            addr,
+            idle_rss,
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
