@@ -4,7 +4,9 @@
 //! (default `127.0.0.1:3000`) and serves `/api/fal/proxy` and every path
 //! below it. All settings come from the environment (see the README); a bad
 //! one stops the server at start with the variable's name. With no key it
-//! starts in `user` mode, where each visitor sends their own fal key.
+//! starts in `user` mode, where each visitor sends their own fal key. Bound
+//! to loopback, it answers only to loopback host names unless
+//! `FAL_PROXY_ALLOWED_HOSTS` says otherwise (DNS-rebinding protection).
 //!
 //! It logs one line per request (method, target host and path, status,
 //! duration, bytes) and never a key. SIGTERM or Ctrl-C stops accepting,
@@ -15,13 +17,19 @@ use fal_proxy_core::{
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+
+/// The host names a loopback-bound server answers to by default.
+const LOOPBACK_HOSTS: &str = "localhost,127.0.0.1,[::1]";
+
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long open requests may run on after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,8 +47,19 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok();
-    let config = Config::from_lookup(env).map_err(|error| error.to_string())?;
     let address = listen_address(env)?;
+    // On loopback, answer only to loopback names unless told otherwise: a
+    // web page whose DNS name is rebound to 127.0.0.1 must not be able to
+    // use the key (its requests carry its own name in `Host`).
+    let loopback = address.ip().is_loopback();
+    let lookup = |name: &str| {
+        let value = env(name).filter(|value| !value.trim().is_empty());
+        if name == vars::ALLOWED_HOSTS && value.is_none() && loopback {
+            return Some(LOOPBACK_HOSTS.to_owned());
+        }
+        value
+    };
+    let config = Config::from_lookup(lookup).map_err(|error| error.to_string())?;
     let upstream = ReqwestUpstream::new(&config)
         .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
     if let Some(origin) = config.upstream_override() {
@@ -62,7 +81,9 @@ async fn run() -> Result<(), String> {
     );
 
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
         tokio::select! {

@@ -400,3 +400,56 @@ async fn configuration_at_start() {
         server.log().await
     );
 }
+
+#[tokio::test]
+async fn loopback_server_refuses_rebound_host_names() {
+    let (port, hits) = upstream(|_, mut stream| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .await;
+    })
+    .await;
+    let upstream_origin = format!("http://127.0.0.1:{port}");
+    let server = Server::start(&[("FAL_KEY", KEY), ("FAL_PROXY_UPSTREAM", &upstream_origin)]).await;
+    let send = |host: String| {
+        let url = server.url();
+        async move {
+            let mut browser = TcpStream::connect(
+                url.trim_start_matches("http://")
+                    .split('/')
+                    .next()
+                    .expect("authority"),
+            )
+            .await
+            .expect("connect");
+            let request = format!(
+                "GET /api/fal/proxy HTTP/1.1\r\nhost: {host}\r\nx-fal-target-url: https://fal.run/fal-ai/x\r\nconnection: close\r\n\r\n"
+            );
+            browser.write_all(request.as_bytes()).await.expect("write");
+            let mut response = String::new();
+            browser.read_to_string(&mut response).await.expect("read");
+            response
+        }
+    };
+    let rebound = send(format!("rebind.attacker.example:{}", server.port)).await;
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(rebound.contains("host_not_allowed"), "{rebound}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    for host in [
+        format!("localhost:{}", server.port),
+        format!("127.0.0.1:{}", server.port),
+    ] {
+        let answer = send(host).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // Told otherwise, it answers to the names it is given.
+    let named = Server::start(&[
+        ("FAL_KEY", KEY),
+        ("FAL_PROXY_UPSTREAM", &upstream_origin),
+        ("FAL_PROXY_ALLOWED_HOSTS", "proxy.example"),
+    ])
+    .await;
+    assert!(named.log().await.contains("hosts: proxy.example"));
+}

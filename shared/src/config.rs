@@ -31,6 +31,8 @@ pub mod vars {
     pub const ALLOW_URLS: &str = "FAL_PROXY_ALLOW_URLS";
     /// The endpoints (fal apps) allowed; unset allows every endpoint.
     pub const ALLOW_ENDPOINTS: &str = "FAL_PROXY_ALLOW_ENDPOINTS";
+    /// Host names the proxy answers to (DNS-rebinding protection); unset: any.
+    pub const ALLOWED_HOSTS: &str = "FAL_PROXY_ALLOWED_HOSTS";
     /// Origins allowed cross-origin (CORS); unset turns CORS off.
     pub const ALLOWED_ORIGINS: &str = "FAL_PROXY_ALLOWED_ORIGINS";
     /// The request body limit in bytes.
@@ -83,6 +85,7 @@ pub struct Config {
     pub(crate) extra_urls: Vec<String>,
     pub(crate) allow_endpoints: Option<EndpointAllowList>,
     pub(crate) cors: Option<Cors>,
+    pub(crate) allowed_hosts: Option<Vec<String>>,
     pub(crate) max_body_bytes: u64,
     pub(crate) timeout: Duration,
     pub(crate) upstream: Option<String>,
@@ -105,6 +108,7 @@ impl fmt::Debug for Config {
                     .map(|list| list.patterns().collect::<Vec<_>>()),
             )
             .field("cors", &self.cors)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("timeout", &self.timeout)
             .field("upstream", &self.upstream)
@@ -221,6 +225,30 @@ impl Config {
             ),
         };
 
+        let allowed_hosts = match get(vars::ALLOWED_HOSTS) {
+            None => None,
+            Some(value) => {
+                let mut hosts = Vec::new();
+                for host in list(Some(value)) {
+                    let plain = host.trim_start_matches('[').trim_end_matches(']');
+                    let valid = !plain.is_empty()
+                        && plain
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+                    if !valid {
+                        return Err(ConfigError::new(
+                            vars::ALLOWED_HOSTS,
+                            format!(
+                                "{host:?} is not a host name such as localhost or proxy.example.com (no scheme, no port)"
+                            ),
+                        ));
+                    }
+                    hosts.push(host.to_ascii_lowercase());
+                }
+                Some(hosts)
+            }
+        };
+
         let max_body_bytes = match get(vars::MAX_BODY_BYTES) {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(value) => value
@@ -258,6 +286,7 @@ impl Config {
             extra_urls,
             allow_endpoints,
             cors,
+            allowed_hosts,
             max_body_bytes,
             timeout,
             upstream,
@@ -310,7 +339,11 @@ impl Config {
             None => "off".to_owned(),
             Some(cors) => cors.to_string(),
         };
-        format!("key mode: {mode}; endpoints: {endpoints}; cors: {cors}")
+        let hosts = match &self.allowed_hosts {
+            None => "any".to_owned(),
+            Some(hosts) => hosts.join(","),
+        };
+        format!("key mode: {mode}; endpoints: {endpoints}; cors: {cors}; hosts: {hosts}")
     }
 }
 
@@ -399,6 +432,14 @@ mod tests {
             (
                 &[("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example/path")],
                 vars::ALLOWED_ORIGINS,
+            ),
+            (
+                &[("FAL_PROXY_ALLOWED_HOSTS", "http://localhost")],
+                vars::ALLOWED_HOSTS,
+            ),
+            (
+                &[("FAL_PROXY_ALLOWED_HOSTS", "localhost/x")],
+                vars::ALLOWED_HOSTS,
             ),
             (&[("FAL_PROXY_MAX_BODY_BYTES", "0")], vars::MAX_BODY_BYTES),
             (&[("FAL_PROXY_MAX_BODY_BYTES", "1MB")], vars::MAX_BODY_BYTES),

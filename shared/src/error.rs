@@ -29,6 +29,9 @@ pub enum ProxyError {
     /// The target names a fal app this proxy does not serve.
     #[error("This fal endpoint is not allowed by this proxy.")]
     EndpointNotAllowed,
+    /// The request's `Host` is not one this proxy serves (DNS rebinding).
+    #[error("This host name is not served by this proxy.")]
+    HostNotAllowed,
     /// The browser's `Origin` is not allowed.
     #[error("This origin is not allowed to use this proxy.")]
     OriginNotAllowed,
@@ -72,9 +75,10 @@ impl ProxyError {
             | Self::InvalidUserKey
             | Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::MissingUserKey => StatusCode::UNAUTHORIZED,
-            Self::TargetNotAllowed | Self::EndpointNotAllowed | Self::OriginNotAllowed => {
-                StatusCode::FORBIDDEN
-            }
+            Self::TargetNotAllowed
+            | Self::EndpointNotAllowed
+            | Self::OriginNotAllowed
+            | Self::HostNotAllowed => StatusCode::FORBIDDEN,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnreachable | Self::UpstreamBroken => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -92,6 +96,7 @@ impl ProxyError {
             Self::TargetNotAllowed => "target_not_allowed",
             Self::EndpointNotAllowed => "endpoint_not_allowed",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::HostNotAllowed => "host_not_allowed",
             Self::MissingUserKey => "missing_user_key",
             Self::InvalidUserKey => "invalid_user_key",
             Self::InvalidRequest => "invalid_request",
@@ -173,6 +178,7 @@ mod tests {
             ProxyError::TargetNotAllowed,
             ProxyError::EndpointNotAllowed,
             ProxyError::OriginNotAllowed,
+            ProxyError::HostNotAllowed,
             ProxyError::MissingUserKey,
             ProxyError::InvalidUserKey,
             ProxyError::InvalidRequest,

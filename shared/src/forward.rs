@@ -179,7 +179,11 @@ impl Proxy {
                 Decision::Forward(upstream, exchange)
             }
             Ok(None) => {
-                let response = Cors::preflight(exchange.cors_origin.as_ref(), request.headers());
+                let mut response =
+                    Cors::preflight(exchange.cors_origin.as_ref(), request.headers());
+                if exchange.cors_origin.is_none() {
+                    self.cors_headers(&exchange, response.headers_mut(), false);
+                }
                 Decision::Respond(response, exchange)
             }
             Err(error) => {
@@ -202,6 +206,11 @@ impl Proxy {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         if !on_route {
             return Err(ProxyError::NotFound);
+        }
+        if let Some(hosts) = &self.config.allowed_hosts
+            && !host_is_allowed(request.headers(), hosts)
+        {
+            return Err(ProxyError::HostNotAllowed);
         }
         if let Some(cors) = &self.config.cors {
             exchange.cors_origin = cors.check(request.headers())?;
@@ -226,7 +235,7 @@ impl Proxy {
         exchange.target = Some((target.host().to_owned(), target.path().to_owned()));
         self.config.allow_urls.check(&target)?;
         if let Some(endpoints) = &self.config.allow_endpoints {
-            endpoints.check(&target)?;
+            endpoints.check(request.method(), &target)?;
         }
         let key = key::select(
             self.config.key_mode,
@@ -268,23 +277,50 @@ impl Proxy {
         mut response: Response<B>,
     ) -> Response<B> {
         filter_response_headers(response.headers_mut());
-        if let Some(origin) = &exchange.cors_origin {
-            Cors::decorate(origin, response.headers_mut());
-        }
+        self.cors_headers(exchange, response.headers_mut(), true);
         response
+    }
+
+    /// CORS headers for an allowed origin; with CORS on, `vary: origin` on
+    /// every answer, so a shared cache never serves one origin's to another.
+    fn cors_headers(&self, exchange: &Exchange, headers: &mut http::HeaderMap, allowed: bool) {
+        match &exchange.cors_origin {
+            Some(origin) if allowed => Cors::decorate(origin, headers),
+            _ if self.config.cors.is_some() => {
+                headers.append(header::VARY, HeaderValue::from_static("origin"));
+            }
+            _ => {}
+        }
     }
 
     /// An error as the browser sees it: fal's JSON error shape, with CORS
     /// headers when the origin is allowed, so the page can read it.
     pub fn error_response(&self, exchange: &Exchange, error: ProxyError) -> Response<Bytes> {
         let mut response = error.to_response();
-        if let Some(origin) = &exchange.cors_origin
-            && error != ProxyError::OriginNotAllowed
-        {
-            Cors::decorate(origin, response.headers_mut());
-        }
+        let allowed = error != ProxyError::OriginNotAllowed;
+        self.cors_headers(exchange, response.headers_mut(), allowed);
         response
     }
+}
+
+/// Whether the request's `Host` (its name, without the port) is listed.
+fn host_is_allowed(headers: &http::HeaderMap, hosts: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:3000`.
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let bare = |host: &str| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    };
+    hosts
+        .iter()
+        .any(|allowed| bare(allowed).eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@ use std::fmt::Display;
 /// would answer with its own bare error, and retry), so the reason is
 /// answered on every request instead.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per process, built once and never moved"
+)]
 pub enum Function<U> {
     /// Forwarding with this proxy and upstream client.
     Ready {

@@ -132,22 +132,50 @@ impl Glob {
         current[n]
     }
 
-    /// Whether the first two `/`-separated segments of this pattern could
-    /// match the app `owner/name`: the pattern names an endpoint of that app.
-    pub(crate) fn could_match_app(&self, owner: &str, name: &str) -> bool {
-        let mut segments = self.source.split('/');
-        for wanted in [owner, name] {
-            match segments.next() {
-                None => return false,
-                Some(segment) if segment.contains("**") => return true,
-                Some(segment) => {
-                    if !Glob::new(segment).matches(wanted) {
-                        return false;
+    /// Whether some prefix of the pattern matches the whole of `subject`,
+    /// so that the pattern could match `subject` followed by more text.
+    fn matches_prefix(&self, subject: &str) -> bool {
+        let subject = subject.as_bytes();
+        let n = subject.len();
+        let mut current = vec![false; n + 1];
+        let mut next = vec![false; n + 1];
+        current[0] = true;
+        for token in &self.tokens {
+            if current[n] {
+                return true;
+            }
+            next.iter_mut().for_each(|slot| *slot = false);
+            match *token {
+                Token::Byte(expected) => {
+                    for position in 0..n {
+                        next[position + 1] = current[position] && subject[position] == expected;
                     }
                 }
+                Token::Star => {
+                    let mut reachable = false;
+                    for position in 0..=n {
+                        reachable = reachable || current[position];
+                        next[position] = reachable;
+                        if position < n && matches!(subject[position], b'/' | b'?') {
+                            reachable = false;
+                        }
+                    }
+                }
+                // Either can consume all that is left from any reachable position.
+                Token::DoubleStar | Token::SlashRest => return current.contains(&true),
+            }
+            std::mem::swap(&mut current, &mut next);
+            if !current.contains(&true) {
+                return false;
             }
         }
-        true
+        current[n]
+    }
+
+    /// Whether this pattern names an endpoint of the app `owner/name`: the
+    /// app's root endpoint itself, or any endpoint below it.
+    pub(crate) fn could_match_app(&self, owner: &str, name: &str) -> bool {
+        self.matches(&format!("{owner}/{name}")) || self.matches_prefix(&format!("{owner}/{name}/"))
     }
 }
 
@@ -244,6 +272,14 @@ mod tests {
             ("fal-ai/flux-*/v1", "fal-ai", "flux-pro", true),
             ("fal-ai", "fal-ai", "flux", false),
             ("other/flux/dev", "fal-ai", "flux", false),
+            // `**` inside a segment still needs the text before it
+            ("fal-ai**", "evil", "app", false),
+            ("fal-ai**", "fal-ai", "flux", true),
+            ("fal-ai/flux**", "fal-ai", "other", false),
+            ("fal-ai/flux**", "fal-ai", "flux-pro", true),
+            ("fal-ai/fl*x/dev", "fal-ai", "flux", true),
+            ("fal-ai/fl*x/dev", "fal-ai", "flax-b", false),
+            ("*/flux-dev", "someone", "flux-dev", true),
         ];
         for &(pattern, owner, name, expected) in cases {
             assert_eq!(

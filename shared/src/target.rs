@@ -185,22 +185,35 @@ impl EndpointAllowList {
         self.patterns.iter().map(Glob::as_str)
     }
 
-    /// Applies to app hosts. Queue requests (`owner/name/requests/...`) of an
-    /// allowed endpoint's app pass, so status, result and cancel keep working.
-    /// Storage uploads name no app and pass; the token endpoint is refused,
-    /// since the proxy cannot see which apps a token would be minted for.
-    /// Operator-added URLs on other hosts name no app and pass.
-    pub(crate) fn check(&self, target: &Target) -> Result<(), ProxyError> {
+    /// Applies to app hosts, whatever the method. Queue requests of an
+    /// allowed endpoint's app (`owner/name/requests/<id>`, its `/status`,
+    /// `/status/stream` and `/cancel`) pass, so status, result and cancel keep
+    /// working. On `rest.fal.ai` only storage uploads pass (they name no app);
+    /// the token endpoint is refused, since the proxy cannot see which apps a
+    /// token would be minted for. Operator-added URLs on other hosts name no
+    /// app and pass. A path with an encoded `/`, `\` or `.` is refused: what
+    /// an app router makes of it cannot be checked here.
+    pub(crate) fn check(&self, method: &http::Method, target: &Target) -> Result<(), ProxyError> {
         let host = target.host();
-        if !APP_HOSTS.contains(&host) {
-            let is_token = host == "rest.fal.ai" && target.path().starts_with("/tokens");
-            return if is_token {
-                Err(ProxyError::EndpointNotAllowed)
-            } else {
+        if host == "rest.fal.ai" {
+            return if target.path().starts_with("/storage/upload/") {
                 Ok(())
+            } else {
+                Err(ProxyError::EndpointNotAllowed)
             };
         }
-        let endpoint = target.path().trim_start_matches('/');
+        if !APP_HOSTS.contains(&host) {
+            return Ok(());
+        }
+        let path = target.path();
+        let lowered = path.to_ascii_lowercase();
+        if ["%2f", "%5c", "%2e"]
+            .iter()
+            .any(|encoded| lowered.contains(encoded))
+        {
+            return Err(ProxyError::EndpointNotAllowed);
+        }
+        let endpoint = path.trim_start_matches('/');
         let streamless = endpoint.strip_suffix("/stream");
         let endpoint_allowed = self.patterns.iter().any(|pattern| {
             pattern.matches(endpoint) || streamless.is_some_and(|e| pattern.matches(e))
@@ -208,23 +221,32 @@ impl EndpointAllowList {
         if endpoint_allowed {
             return Ok(());
         }
-        if host == "queue.fal.run" {
-            let mut segments = endpoint.split('/');
-            if let (Some(owner), Some(name), Some("requests"), Some(id)) = (
-                segments.next(),
-                segments.next(),
-                segments.next(),
-                segments.next(),
-            ) && !id.is_empty()
-                && self
-                    .patterns
-                    .iter()
-                    .any(|pattern| pattern.could_match_app(owner, name))
-            {
-                return Ok(());
-            }
+        if host == "queue.fal.run" && self.is_queue_request_of_allowed_app(method, endpoint) {
+            return Ok(());
         }
         Err(ProxyError::EndpointNotAllowed)
+    }
+
+    /// `owner/name/requests/<id>` (GET: result), `.../status` and
+    /// `.../status/stream` (GET), `.../cancel` (PUT), for an allowed app.
+    fn is_queue_request_of_allowed_app(&self, method: &http::Method, endpoint: &str) -> bool {
+        let segments: Vec<&str> = endpoint.split('/').collect();
+        let [owner, name, "requests", id, rest @ ..] = segments.as_slice() else {
+            return false;
+        };
+        let known = match rest {
+            [] | ["status"] | ["status", "stream"] => {
+                method == http::Method::GET || method == http::Method::HEAD
+            }
+            ["cancel"] => method == http::Method::PUT,
+            _ => false,
+        };
+        known
+            && !id.is_empty()
+            && self
+                .patterns
+                .iter()
+                .any(|pattern| pattern.could_match_app(owner, name))
     }
 }
 
@@ -530,15 +552,63 @@ mod tests {
                 "https://queue.fal.run/someone/anything/requests/r1",
                 Err(No),
             ),
+            // encoded separators never pass an endpoint list
+            (
+                &owner,
+                "https://fal.run/fal-ai/x%2F..%2F..%2Fevil%2Fapp",
+                Err(No),
+            ),
+            (&owner, "https://fal.run/fal-ai/x%2f", Err(No)),
+            (&owner, "https://fal.run/fal-ai/x%5Cy", Err(No)),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/x/..%2F..%2F..%2Fevil%2Fapp",
+                Err(No),
+            ),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/r1/other",
+                Err(No),
+            ),
+            (
+                &flux_dev,
+                "https://queue.fal.run/fal-ai/flux/requests/r1/status/x",
+                Err(No),
+            ),
+            // rest.fal.ai: storage uploads only
+            (&flux_all, "https://rest.fal.ai//tokens/", Err(No)),
+            (&flux_all, "https://rest.fal.ai/%74okens/", Err(No)),
+            (
+                &flux_all,
+                "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            (&flux_all, "https://example.com/anything", Ok(())),
         ];
         for (list, raw, expected) in cases {
             let target = Target::parse(raw.as_bytes()).unwrap();
+            let method = if raw.ends_with("/cancel") {
+                http::Method::PUT
+            } else if raw.contains("/requests/") {
+                http::Method::GET
+            } else {
+                http::Method::POST
+            };
             assert_eq!(
-                list.check(&target),
+                list.check(&method, &target),
                 *expected,
-                "{raw:?} with {:?}",
+                "{method} {raw:?} with {:?}",
                 list.patterns
             );
         }
+        // Queue paths pass only with the method the client uses for them.
+        let status =
+            Target::parse(b"https://queue.fal.run/fal-ai/flux/requests/r1/status").unwrap();
+        let cancel =
+            Target::parse(b"https://queue.fal.run/fal-ai/flux/requests/r1/cancel").unwrap();
+        assert_eq!(flux_dev.check(&http::Method::GET, &status), Ok(()));
+        assert_eq!(flux_dev.check(&http::Method::POST, &status), Err(No));
+        assert_eq!(flux_dev.check(&http::Method::PUT, &cancel), Ok(()));
+        assert_eq!(flux_dev.check(&http::Method::DELETE, &cancel), Err(No));
     }
 }

@@ -614,3 +614,94 @@ fn log_line_has_no_query_and_no_key() {
     assert!(line.ends_with("error=target_not_allowed"), "{line}");
     assert!(!format!("{:?}", refused.extensions().get::<Exchange>()).contains("secret"));
 }
+
+#[test]
+fn host_allow_list_stops_dns_rebinding() {
+    let proxy = proxy(&[
+        ("FAL_KEY", SERVER_KEY),
+        ("FAL_PROXY_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
+    ]);
+    let cases: &[(Option<&str>, bool)] = &[
+        (Some("localhost:3000"), true),
+        (Some("LOCALHOST"), true),
+        (Some("127.0.0.1:3000"), true),
+        (Some("[::1]:3000"), true),
+        (Some("rebind.attacker.example:3000"), false),
+        (Some("localhost.attacker.example"), false),
+        (Some("127.0.0.2:3000"), false),
+        (None, false),
+    ];
+    for (host, allowed) in cases {
+        let fal = FakeFal::ok();
+        let headers: Vec<(&str, &str)> = host.iter().map(|h| ("host", *h)).collect();
+        let response = run(
+            &proxy,
+            &fal,
+            request("POST", Some("https://fal.run/x"), &headers),
+        );
+        if *allowed {
+            assert_eq!(response.status(), StatusCode::OK, "{host:?}");
+        } else {
+            assert_eq!(
+                error_of(&response),
+                Some(ProxyError::HostNotAllowed),
+                "{host:?}"
+            );
+            assert_eq!(fal.count(), 0);
+        }
+    }
+    // Unset: any host.
+    let any = self::proxy(&[("FAL_KEY", SERVER_KEY)]);
+    let fal = FakeFal::ok();
+    let response = run(
+        &any,
+        &fal,
+        request(
+            "POST",
+            Some("https://fal.run/x"),
+            &[("host", "whatever.example")],
+        ),
+    );
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[test]
+fn vary_origin_on_every_answer_when_cors_is_on() {
+    let cors = proxy(&[
+        ("FAL_KEY", SERVER_KEY),
+        ("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example"),
+    ]);
+    let off = proxy(&[("FAL_KEY", SERVER_KEY)]);
+    let fal = FakeFal::ok();
+    let varies = |response: &Response<ProxyBody<Bytes>>| {
+        response
+            .headers()
+            .get_all("vary")
+            .iter()
+            .any(|v| v == "origin")
+    };
+    assert!(varies(&run(
+        &cors,
+        &fal,
+        request("POST", Some("https://fal.run/x"), &[])
+    )));
+    assert!(varies(&run(
+        &cors,
+        &fal,
+        request("POST", Some("https://evil.example/"), &[])
+    )));
+    assert!(varies(&run(
+        &cors,
+        &fal,
+        request(
+            "POST",
+            Some("https://fal.run/x"),
+            &[("origin", "https://evil.example")]
+        )
+    )));
+    assert!(!varies(&run(
+        &off,
+        &fal,
+        request("POST", Some("https://fal.run/x"), &[])
+    )));
+}
