@@ -78,70 +78,26 @@ impl Glob {
     }
 
     /// Whether the whole of `subject` matches.
-    ///
-    /// Simulates the pattern as a set of positions in the subject, one token
-    /// at a time: O(tokens x subject length), no backtracking.
     pub(crate) fn matches(&self, subject: &str) -> bool {
-        let subject = subject.as_bytes();
-        let n = subject.len();
-        let mut current = vec![false; n + 1];
-        let mut next = vec![false; n + 1];
-        current[0] = true;
-        for token in &self.tokens {
-            next.iter_mut().for_each(|slot| *slot = false);
-            let mut any = false;
-            match *token {
-                Token::Byte(expected) => {
-                    for position in 0..n {
-                        if current[position] && subject[position] == expected {
-                            next[position + 1] = true;
-                            any = true;
-                        }
-                    }
-                }
-                Token::Star => {
-                    let mut reachable = false;
-                    for position in 0..=n {
-                        reachable = reachable || current[position];
-                        if reachable {
-                            next[position] = true;
-                            any = true;
-                            if position < n && matches!(subject[position], b'/' | b'?') {
-                                reachable = false;
-                            }
-                        }
-                    }
-                }
-                Token::DoubleStar => {
-                    if let Some(first) = current.iter().position(|&reached| reached) {
-                        next[first..].iter_mut().for_each(|slot| *slot = true);
-                        any = true;
-                    }
-                }
-                Token::SlashRest => {
-                    // Last token: decide right here.
-                    return current[n]
-                        || (0..n).any(|position| current[position] && subject[position] == b'/');
-                }
-            }
-            if !any {
-                return false;
-            }
-            std::mem::swap(&mut current, &mut next);
-        }
-        current[n]
+        self.simulate(subject.as_bytes(), false)
     }
 
     /// Whether some prefix of the pattern matches the whole of `subject`,
     /// so that the pattern could match `subject` followed by more text.
     fn matches_prefix(&self, subject: &str) -> bool {
-        let subject = subject.as_bytes();
+        self.simulate(subject.as_bytes(), true)
+    }
+
+    /// Simulates the pattern as a set of positions in the subject, one token
+    /// at a time: O(tokens x subject length), no backtracking. With
+    /// `prefix`, succeeds as soon as the whole subject is consumed.
+    fn simulate(&self, subject: &[u8], prefix: bool) -> bool {
         let n = subject.len();
         let mut current = vec![false; n + 1];
         let mut next = vec![false; n + 1];
         current[0] = true;
         for token in &self.tokens {
-            if current[n] {
+            if prefix && current[n] {
                 return true;
             }
             next.iter_mut().for_each(|slot| *slot = false);
@@ -161,8 +117,23 @@ impl Glob {
                         }
                     }
                 }
-                // Either can consume all that is left from any reachable position.
-                Token::DoubleStar | Token::SlashRest => return current.contains(&true),
+                // `**` consumes all that is left from any reachable position;
+                // a trailing `/**` only from one at a `/`.
+                Token::DoubleStar if prefix => return current.contains(&true),
+                Token::SlashRest if prefix => {
+                    return current[n]
+                        || (0..n).any(|position| current[position] && subject[position] == b'/');
+                }
+                Token::DoubleStar => {
+                    if let Some(first) = current.iter().position(|&reached| reached) {
+                        next[first..].iter_mut().for_each(|slot| *slot = true);
+                    }
+                }
+                Token::SlashRest => {
+                    // Always the last token: decide right here.
+                    return current[n]
+                        || (0..n).any(|position| current[position] && subject[position] == b'/');
+                }
             }
             std::mem::swap(&mut current, &mut next);
             if !current.contains(&true) {
@@ -259,6 +230,47 @@ mod tests {
         assert!(Glob::new("**a/").matches(&subject));
     }
 
+    /// `matches_prefix(s)` must hold exactly when some continuation `t`
+    /// makes `matches(s + t)` hold (for these short patterns, `t` of at most
+    /// four characters always suffices).
+    #[test]
+    fn prefix_matching_agrees_with_full_matching() {
+        let alphabet = [b'a', b'b', b'/', b'?', b'*'];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut random = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound) as usize
+        };
+        let mut continuations = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = continuations
+                .iter()
+                .filter(|t| t.len() == continuations.last().map_or(0, String::len))
+                .flat_map(|t| ["a", "b", "/", "?"].map(|c| format!("{t}{c}")))
+                .collect();
+            continuations.extend(longer);
+        }
+        for _ in 0..3000 {
+            let pattern: String = (0..random(5))
+                .map(|_| alphabet[random(5)] as char)
+                .collect();
+            let subject: String = (0..random(6))
+                .map(|_| alphabet[random(4)] as char)
+                .collect();
+            let glob = Glob::new(&pattern);
+            let expected = continuations
+                .iter()
+                .any(|t| glob.matches(&format!("{subject}{t}")));
+            assert_eq!(
+                glob.matches_prefix(&subject),
+                expected,
+                "{pattern:?} as a prefix of {subject:?}"
+            );
+        }
+    }
+
     #[test]
     fn could_match_app_table() {
         let cases: &[(&str, &str, &str, bool)] = &[
@@ -277,6 +289,9 @@ mod tests {
             ("fal-ai**", "fal-ai", "flux", true),
             ("fal-ai/flux**", "fal-ai", "other", false),
             ("fal-ai/flux**", "fal-ai", "flux-pro", true),
+            ("fal-ai/flux/**", "fal-ai", "flux-pro", false),
+            ("fal-ai/flux/**", "fal-ai", "fluxx", false),
+            ("fal-ai/*/**", "fal-ai", "anything", true),
             ("fal-ai/fl*x/dev", "fal-ai", "flux", true),
             ("fal-ai/fl*x/dev", "fal-ai", "flax-b", false),
             ("*/flux-dev", "someone", "flux-dev", true),
