@@ -949,6 +949,8 @@ export function defineSuite(launcher) {
         ["GET", "https://queue.fal.run/fal-ai/other-app/requests/0b9f2f4e-1111-4222-8333-444455556666/status"],
         ["GET", "https://queue.fal.run/fal-ai/other-app/requests/0b9f2f4e-1111-4222-8333-444455556666"],
         ["PUT", "https://queue.fal.run/fal-ai/other-app/requests/0b9f2f4e-1111-4222-8333-444455556666/cancel"],
+        ["GET", "https://queue.fal.run/fal-ai/flux-pro/requests/0b9f2f4e-1111-4222-8333-444455556666/status"],
+        ["GET", "https://fal.run/fal-ai/x%2F..%2F..%2Fflux%2Fdev"],
         ["POST", "https://rest.fal.ai/tokens/"],
       ];
       for (const [method, target] of blocked) {
@@ -1010,6 +1012,9 @@ export function defineSuite(launcher) {
         "https://queue.fal.run/fal-ai/flux/schnell",
         "https://fal.run/fal-ai/recraft/v3/text-to-image",
         "https://fal.run/fal-ai/other-app",
+        // the app's queue paths pass only with the method the client uses for them
+        "https://queue.fal.run/fal-ai/flux/requests/abc/status",
+        "https://queue.fal.run/fal-ai/flux/requests/abc/anything",
       ]) {
         it(`POST ${target} → 403 endpoint_not_allowed`, opts, async () => {
           const res = await proxyFetch(t, target, { body: "{}" });
