@@ -17,7 +17,7 @@ use fal_proxy_core::{
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -62,11 +62,8 @@ async fn run() -> Result<(), String> {
     let config = Config::from_lookup(lookup).map_err(|error| error.to_string())?;
     let upstream = ReqwestUpstream::new(&config)
         .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
-    if let Some(origin) = config.upstream_override() {
-        eprintln!(
-            "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
-            vars::UPSTREAM
-        );
+    if let Some(warning) = config.upstream_warning() {
+        eprintln!("{warning}");
     }
     let summary = config.summary();
     let proxy = Arc::new(Proxy::new(config, "native"));
@@ -102,7 +99,7 @@ async fn run() -> Result<(), String> {
                 let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), request));
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
-                TokioExecutor::new().execute_detached(connection);
+                tokio::spawn(connection);
             }
             () = &mut shutdown => break,
         }
@@ -169,22 +166,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-trait ExecuteDetached {
-    fn execute_detached<F>(&self, future: F)
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static;
-}
-
-impl ExecuteDetached for TokioExecutor {
-    fn execute_detached<F>(&self, future: F)
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        tokio::spawn(future);
     }
 }

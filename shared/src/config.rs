@@ -243,7 +243,8 @@ impl Config {
                             ),
                         ));
                     }
-                    hosts.push(host.to_ascii_lowercase());
+                    // Kept bare (`::1`, not `[::1]`), as the request's Host is compared.
+                    hosts.push(plain.to_ascii_lowercase());
                 }
                 Some(hosts)
             }
@@ -323,6 +324,16 @@ impl Config {
     /// The test-seam origin standing in for fal, when one is set.
     pub fn upstream_override(&self) -> Option<&str> {
         self.upstream.as_deref()
+    }
+
+    /// The warning a target logs once at start when the test seam is set.
+    pub fn upstream_warning(&self) -> Option<String> {
+        self.upstream.as_ref().map(|origin| {
+            format!(
+                "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
+                vars::UPSTREAM
+            )
+        })
     }
 
     /// One line a target prints at start: key mode, allow-lists, CORS. No key.

@@ -181,8 +181,9 @@ impl Proxy {
             Ok(None) => {
                 let mut response =
                     Cors::preflight(exchange.cors_origin.as_ref(), request.headers());
+                // An allowed origin's preflight carries its own `vary`.
                 if exchange.cors_origin.is_none() {
-                    self.cors_headers(&exchange, response.headers_mut(), false);
+                    self.cors_headers(&exchange, response.headers_mut());
                 }
                 Decision::Respond(response, exchange)
             }
@@ -277,15 +278,16 @@ impl Proxy {
         mut response: Response<B>,
     ) -> Response<B> {
         filter_response_headers(response.headers_mut());
-        self.cors_headers(exchange, response.headers_mut(), true);
+        self.cors_headers(exchange, response.headers_mut());
         response
     }
 
-    /// CORS headers for an allowed origin; with CORS on, `vary: origin` on
-    /// every answer, so a shared cache never serves one origin's to another.
-    fn cors_headers(&self, exchange: &Exchange, headers: &mut http::HeaderMap, allowed: bool) {
+    /// CORS headers for an allowed origin (never set for a refused one);
+    /// with CORS on, `vary: origin` on every answer, so a shared cache never
+    /// serves one origin's answer to another.
+    fn cors_headers(&self, exchange: &Exchange, headers: &mut http::HeaderMap) {
         match &exchange.cors_origin {
-            Some(origin) if allowed => Cors::decorate(origin, headers),
+            Some(origin) => Cors::decorate(origin, headers),
             _ if self.config.cors.is_some() => {
                 headers.append(header::VARY, HeaderValue::from_static("origin"));
             }
@@ -297,13 +299,13 @@ impl Proxy {
     /// headers when the origin is allowed, so the page can read it.
     pub fn error_response(&self, exchange: &Exchange, error: ProxyError) -> Response<Bytes> {
         let mut response = error.to_response();
-        let allowed = error != ProxyError::OriginNotAllowed;
-        self.cors_headers(exchange, response.headers_mut(), allowed);
+        self.cors_headers(exchange, response.headers_mut());
         response
     }
 }
 
-/// Whether the request's `Host` (its name, without the port) is listed.
+/// Whether the request's `Host` (its name, without the port or an IPv6
+/// literal's brackets) is listed.
 fn host_is_allowed(headers: &http::HeaderMap, hosts: &[String]) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
@@ -313,14 +315,9 @@ fn host_is_allowed(headers: &http::HeaderMap, hosts: &[String]) -> bool {
         Some(rest) => rest.split(']').next().unwrap_or_default(),
         None => host.split(':').next().unwrap_or_default(),
     };
-    let bare = |host: &str| {
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned()
-    };
     hosts
         .iter()
-        .any(|allowed| bare(allowed).eq_ignore_ascii_case(name))
+        .any(|allowed| allowed.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A serverless function's proxy, decided once per process.
 
-use crate::config::{Config, ConfigError, vars};
+use crate::config::{Config, ConfigError};
 use crate::error::ProxyError;
 use crate::forward::{Proxy, ProxyBody, Upstream};
 use http::{Request, Response};
@@ -57,11 +57,8 @@ impl<U> Function<U> {
                 return Self::NoClient;
             }
         };
-        if let Some(origin) = config.upstream_override() {
-            log(&format!(
-                "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
-                vars::UPSTREAM
-            ));
+        if let Some(warning) = config.upstream_warning() {
+            log(&warning);
         }
         log(&format!(
             "fal-proxy: ready on {platform}; {}; body limit: {} bytes; upstream timeout: {} s",

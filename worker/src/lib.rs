@@ -19,7 +19,7 @@
 mod fetch;
 mod translate;
 
-use fal_proxy_core::{Config, ConfigError, Exchange, Proxy, ProxyBody, ProxyError, vars};
+use fal_proxy_core::{Config, ConfigError, Exchange, Proxy, ProxyBody, ProxyError};
 use fetch::FetchUpstream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -75,11 +75,8 @@ fn lookup(env: &Env, name: &str) -> Option<String> {
 
 fn log_summary(config: &Config) {
     console_log!("fal-proxy: {}", config.summary());
-    if let Some(origin) = config.upstream_override() {
-        console_warn!(
-            "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
-            vars::UPSTREAM
-        );
+    if let Some(warning) = config.upstream_warning() {
+        console_warn!("{warning}");
     }
 }
 
