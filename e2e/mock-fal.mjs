@@ -65,7 +65,7 @@ function parseJson(buf) {
 
 /**
  * Start the mock. Resolves to
- * `{ url, port, requests, reset(), close(), tokens, uploads, bigResponseSha256 }`.
+ * `{ url, port, requests, reset(), close(), tokens, uploads, multipartUploads, bigResponseSha256 }`.
  *
  * Each recorded request: `{ method, path /* path+query *\/, pathname, query, headers
  * /* lower-cased, as received *\/, rawHeaders, bodyLength, sha256, body /* Buffer if
@@ -76,6 +76,7 @@ export async function startMockFal() {
   const queue = new Map(); // request_id -> { endpoint, app, input, statusCalls, cancelled }
   const tokens = [];
   const uploads = new Map(); // upload id -> { sha256, length, contentType }
+  const multipartUploads = new Map(); // upload id -> { parts: Map(number -> { sha256, length }), completed }
   const bigResponse = patternBytes(BIG_RESPONSE_SIZE, 7);
   const bigResponseSha256 = sha256(bigResponse);
   const timers = new Set();
@@ -203,6 +204,25 @@ export async function startMockFal() {
         contentType: req.headers["content-type"],
       });
       return json(res, 200, { ok: true });
+    }
+
+    // Direct multipart upload target (client releases since 1.2.0, files over 90 MiB):
+    // PUT <upload_url path>/<part number>, then POST <upload_url path>/complete, each with
+    // upload_url's query.
+    if (host === "upload-multipart") {
+      const [id, , step] = rest;
+      if (url.searchParams.get("upload_id") !== id) return json(res, 400, { detail: "upload_id query missing" });
+      const entry = multipartUploads.get(id) ?? { parts: new Map(), completed: null };
+      multipartUploads.set(id, entry);
+      if (/^[1-9]\d*$/.test(step ?? "") && method === "PUT") {
+        entry.parts.set(Number(step), { sha256: record.sha256, length: record.bodyLength });
+        return json(res, 200, { partNumber: Number(step), etag: `"${record.sha256}"` });
+      }
+      if (step === "complete" && method === "POST") {
+        entry.completed = record.json?.parts ?? null;
+        return json(res, 200, { ok: true });
+      }
+      return json(res, 405, { detail: "Method Not Allowed" });
     }
 
     if (host === "fal.run") {
@@ -340,19 +360,23 @@ export async function startMockFal() {
       return json(res, 404, { detail: "Not Found" });
     }
 
-    if (host === "rest.fal.ai") {
+    // fal's REST API, on its current host and on the one client releases up to 1.9.2 use.
+    if (host === "rest.fal.ai" || host === "rest.alpha.fal.ai") {
       const path = rest.join("/");
       if (path === "tokens" && method === "POST") {
         const token = `mock-jwt.${randomUUID()}`;
-        tokens.push({ token, body: record.json });
+        tokens.push({ token, host, body: record.json });
         return json(res, 201, token);
       }
-      if (path === "storage/upload/initiate" && method === "POST") {
+      const initiate = { "storage/upload/initiate": "upload", "storage/upload/initiate-multipart": "upload-multipart" };
+      if (initiate[path] && method === "POST") {
         const id = randomUUID();
-        const fileName = record.json?.file_name ?? "file.bin";
+        const fileName = encodeURIComponent(record.json?.file_name ?? "file.bin");
+        // A query on upload_url, as fal's signed URLs have: the client keeps it on every part URL.
+        const query = initiate[path] === "upload-multipart" ? `?upload_id=${id}` : "";
         return json(res, 200, {
-          upload_url: `${baseUrl}/upload/${id}/${encodeURIComponent(fileName)}`,
-          file_url: `https://v3.fal.media/files/mock/${id}/${encodeURIComponent(fileName)}`,
+          upload_url: `${baseUrl}/${initiate[path]}/${id}/${fileName}${query}`,
+          file_url: `https://v3.fal.media/files/mock/${id}/${fileName}`,
         });
       }
       return json(res, 404, { detail: "Not Found" });
@@ -374,6 +398,7 @@ export async function startMockFal() {
     requests,
     tokens,
     uploads,
+    multipartUploads,
     queue,
     bigResponseSha256,
     /** Forget all recorded requests and state. */
@@ -381,6 +406,7 @@ export async function startMockFal() {
       requests.length = 0;
       tokens.length = 0;
       uploads.clear();
+      multipartUploads.clear();
       queue.clear();
     },
     async close() {

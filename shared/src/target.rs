@@ -16,17 +16,29 @@ pub const TARGET_URL_HEADER: &str = "x-fal-target-url";
 /// The longest target URL accepted, in bytes.
 const MAX_TARGET_URL_LEN: usize = 8 * 1024;
 
-/// The allow-list patterns every deployment has.
+/// The allow-list patterns every deployment has: exactly the forms released
+/// `@fal-ai/client` 1.x versions send through a proxy, and nothing more.
 pub(crate) const DEFAULT_ALLOW_URLS: &[&str] = &[
     "fal.run/**",
     "queue.fal.run/**",
+    // 1.9.3 and later.
     "rest.fal.ai/tokens/",
     "rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
     "rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+    // 1.0.2 to 1.9.2 send the token and uploads to the older REST host;
+    // 1.0.2 to 1.1.2 initiate without a storage type and have no multipart.
+    "rest.alpha.fal.ai/tokens/",
+    "rest.alpha.fal.ai/storage/upload/initiate",
+    "rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+    "rest.alpha.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
 ];
 
 /// Hosts whose paths name fal apps (`owner/name/...`).
 const APP_HOSTS: &[&str] = &["fal.run", "queue.fal.run"];
+
+/// fal's REST hosts (tokens, storage): the current one and the one releases
+/// up to 1.9.2 use. An endpoint list treats both alike.
+const REST_HOSTS: &[&str] = &["rest.fal.ai", "rest.alpha.fal.ai"];
 
 /// A host name as written: letters, digits, dots and hyphens only, so no
 /// user-info, port, percent-encoding, IP-literal brackets or non-ASCII.
@@ -188,14 +200,14 @@ impl EndpointAllowList {
     /// Applies to app hosts, whatever the method. Queue requests of an
     /// allowed endpoint's app (`owner/name/requests/<id>`, its `/status`,
     /// `/status/stream` and `/cancel`) pass, so status, result and cancel keep
-    /// working. On `rest.fal.ai` only storage uploads pass (they name no app);
+    /// working. On the REST hosts only storage uploads pass (they name no app);
     /// the token endpoint is refused, since the proxy cannot see which apps a
     /// token would be minted for. Operator-added URLs on other hosts name no
     /// app and pass. A path with an encoded `/`, `\` or `.` is refused: what
     /// an app router makes of it cannot be checked here.
     pub(crate) fn check(&self, method: &http::Method, target: &Target) -> Result<(), ProxyError> {
         let host = target.host();
-        if host == "rest.fal.ai" {
+        if REST_HOSTS.contains(&host) {
             return if target.path().starts_with("/storage/upload/") {
                 Ok(())
             } else {
@@ -343,6 +355,74 @@ mod tests {
             ("https://fal%2Erun/fal-ai/flux", Err(No)),
             ("https://%66al.run/fal-ai/flux", Err(No)),
             ("https://rest.fal.ai.evil.example/tokens/", Err(No)),
+            // the older REST host, as releases up to 1.9.2 send it
+            ("https://rest.alpha.fal.ai/tokens/", Ok(())),
+            ("https://REST.Alpha.FAL.ai/tokens/", Ok(())),
+            ("https://rest.alpha.fal.ai:443/tokens/", Ok(())),
+            ("https://rest.alpha.fal.ai/storage/upload/initiate", Ok(())),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            // ... and nothing else there
+            ("https://rest.alpha.fal.ai/", Err(No)),
+            ("https://rest.alpha.fal.ai/users/me", Err(No)),
+            ("https://rest.alpha.fal.ai/tokens", Err(No)),
+            ("https://rest.alpha.fal.ai/tokens/x", Err(No)),
+            ("https://rest.alpha.fal.ai/tokens/?x=1", Err(No)),
+            ("https://rest.alpha.fal.ai//tokens/", Err(No)),
+            ("https://rest.alpha.fal.ai/Tokens/", Err(No)),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate?",
+                Err(No),
+            ),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=gcs",
+                Err(No),
+            ),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3&x=1",
+                Err(No),
+            ),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate-multipart",
+                Err(No),
+            ),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/initiate/x",
+                Err(No),
+            ),
+            (
+                "https://rest.alpha.fal.ai/storage/upload/complete-multipart",
+                Err(No),
+            ),
+            ("https://rest.alpha.fal.ai/storage/upload/", Err(No)),
+            ("https://rest.alpha.fal.ai/applications/x", Err(No)),
+            // the form without a storage type is only the old host's
+            ("https://rest.fal.ai/storage/upload/initiate", Err(No)),
+            // other alpha hosts and look-alikes of the old host
+            ("https://api.alpha.fal.ai/tokens/", Err(No)),
+            ("https://alpha.fal.ai/tokens/", Err(No)),
+            ("https://rest.alpha.fal.ai.evil.example/tokens/", Err(No)),
+            ("https://rest.alpha.fal.ai./tokens/", Err(No)),
+            ("https://evilrest.alpha.fal.ai/tokens/", Err(No)),
+            ("https://x.rest.alpha.fal.ai/tokens/", Err(No)),
+            ("https://rest-alpha.fal.ai/tokens/", Err(No)),
+            (
+                "https://rest.alpha.fal.ai.evil.example/storage/upload/initiate",
+                Err(No),
+            ),
+            ("https://rest%2Ealpha.fal.ai/tokens/", Err(No)),
+            ("https://rest.alpha.fal.ai@evil.example/tokens/", Err(No)),
+            ("https://evil.example@rest.alpha.fal.ai/tokens/", Err(No)),
+            ("https://rest.alpha.fal.ai:8443/tokens/", Err(No)),
+            ("http://rest.alpha.fal.ai/tokens/", Err(No)),
+            ("wss://rest.alpha.fal.ai/tokens/", Err(No)),
+            ("https://rest.alpha.fal.ai/tokens/#x", Err(Bad)),
             // user-info, ports, IP literals
             ("https://fal.run@evil.example/", Err(No)),
             ("https://user:pass@fal.run/fal-ai/flux", Err(No)),
@@ -583,6 +663,28 @@ mod tests {
                 "https://rest.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
                 Ok(()),
             ),
+            // the older REST host: the same rules
+            (&flux_all, "https://rest.alpha.fal.ai/tokens/", Err(No)),
+            (&flux_all, "https://REST.ALPHA.fal.ai/tokens/", Err(No)),
+            (&flux_all, "https://rest.alpha.fal.ai//tokens/", Err(No)),
+            (&flux_all, "https://rest.alpha.fal.ai/%74okens/", Err(No)),
+            (&owner, "https://rest.alpha.fal.ai/tokens/", Err(No)),
+            (
+                &flux_all,
+                "https://rest.alpha.fal.ai/storage/upload/initiate",
+                Ok(()),
+            ),
+            (
+                &flux_dev,
+                "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            (
+                &flux_all,
+                "https://rest.alpha.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+                Ok(()),
+            ),
+            (&flux_all, "https://rest.alpha.fal.ai/users/me", Err(No)),
             (&flux_all, "https://example.com/anything", Ok(())),
         ];
         for (list, raw, expected) in cases {
