@@ -586,6 +586,9 @@ export function defineSuite(launcher) {
           "https://[::1]/fal-ai/flux/dev",
           "https://api.fal.ai/v1/models",
           "https://rest.fal.ai/other",
+          "https://rest.alpha.fal.ai/other",
+          "https://rest.alpha.fal.ai/storage/upload/complete-multipart",
+          "https://rest.alpha.fal.ai.evil.example/tokens/",
         ];
         for (const target of notAllowed) {
           it(`target ${target} → 403 target_not_allowed`, opts, async () => {
@@ -594,6 +597,22 @@ export function defineSuite(launcher) {
             await expectNothingUpstream();
           });
         }
+
+        it("the older REST host's forms (client releases up to 1.9.2) are forwarded unchanged", opts, async () => {
+          for (const target of [
+            "https://rest.alpha.fal.ai/tokens/",
+            "https://rest.alpha.fal.ai/storage/upload/initiate",
+            "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+            "https://rest.alpha.fal.ai/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+          ]) {
+            mock.reset();
+            const res = await proxyFetch(t, target, { body: JSON.stringify({ content_type: "image/png", file_name: "a.png" }) });
+            assert.ok(res.status === 200 || res.status === 201, `${target}: ${res.status} ${res.text}`);
+            const rec = onlyRequest();
+            assert.equal(`${rec.method} ${rec.path}`, `POST ${target.replace("https:/", "")}`);
+            assertForwarded(t, rec, { key: SERVER_KEY });
+          }
+        });
 
         it("path traversal out of rest.fal.ai/tokens/ is refused", opts, async () => {
           for (const target of ["https://rest.fal.ai/tokens/../admin", "https://rest.fal.ai/tokens/%2e%2e/admin"]) {
@@ -942,6 +961,13 @@ export function defineSuite(launcher) {
         assert.ok(mock.requests.some((r) => r.pathname === "/rest.fal.ai/storage/upload/initiate"));
       });
 
+      it("storage initiate on the older REST host (client releases up to 1.9.2) stays allowed", opts, async () => {
+        const target = "https://rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3";
+        const res = await proxyFetch(t, target, { body: JSON.stringify({ content_type: "text/plain", file_name: "a.txt" }) });
+        assert.equal(res.status, 200, res.text);
+        assert.equal(onlyRequest().path, "/rest.alpha.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3");
+      });
+
       const blocked = [
         ["POST", "https://fal.run/fal-ai/other-app"],
         ["POST", "https://fal.run/fal-ai/flux-pro/v1"],
@@ -952,6 +978,7 @@ export function defineSuite(launcher) {
         ["GET", "https://queue.fal.run/fal-ai/flux-pro/requests/0b9f2f4e-1111-4222-8333-444455556666/status"],
         ["GET", "https://fal.run/fal-ai/x%2F..%2F..%2Fflux%2Fdev"],
         ["POST", "https://rest.fal.ai/tokens/"],
+        ["POST", "https://rest.alpha.fal.ai/tokens/"],
       ];
       for (const [method, target] of blocked) {
         it(`${method} ${target} → 403 endpoint_not_allowed, nothing upstream`, opts, async () => {
