@@ -22,6 +22,7 @@ import { readFileSync } from "node:fs";
 import { startMockFal, patternBytes, sha256, SSE_EVENT_COUNT } from "./mock-fal.mjs";
 
 const SERVER_KEY = "matrix-key-id:matrix-key-secret";
+const KEY_SECRET = SERVER_KEY.split(":")[1];
 const START_TIMEOUT = 60_000;
 const opts = { timeout: 60_000 };
 const ENDPOINT = "fal-ai/flux/dev";
@@ -113,7 +114,7 @@ export function defineMatrix(launcher, releases = installedReleases()) {
           .clone()
           .text()
           .then((body) => {
-            if (headers.includes(SERVER_KEY) || body.includes(SERVER_KEY)) leaks.push(url);
+            if (headers.includes(KEY_SECRET) || body.includes(KEY_SECRET)) leaks.push(url);
           })
           .catch(() => {});
       }
@@ -140,6 +141,10 @@ export function defineMatrix(launcher, releases = installedReleases()) {
           const { createFalClient } = await import(name);
           client = () => createFalClient({ proxyUrl: proxy.url, fetch: clientFetch });
         });
+
+        /** Every request that reached fal's REST hosts, as `METHOD https://host/path?query`. */
+        const restCalls = () =>
+          mock.requests.filter((r) => /^\/rest\./.test(r.pathname)).map((r) => `${r.method} https:/${r.path}`);
 
         /** The one forwarded request to `falUrl` (method checked), with the server key on it. */
         function forwarded(method, falUrl) {
@@ -207,6 +212,7 @@ export function defineMatrix(launcher, releases = installedReleases()) {
           const fileUrl = await client().storage.upload(new Blob([bytes], { type: "image/png" }));
           assert.match(fileUrl, /^https:\/\/v3\.fal\.media\/files\/mock\//);
           const rec = forwarded("POST", forms.initiate);
+          assert.deepEqual(restCalls(), [`POST ${forms.initiate}`]);
           assert.equal(rec.json.content_type, "image/png");
           const uploaded = mock.uploads.get(fileUrl.split("/").at(-2));
           assert.ok(uploaded, "the bytes went to upload_url");
@@ -220,6 +226,7 @@ export function defineMatrix(launcher, releases = installedReleases()) {
           const file = largeUpload();
           const fileUrl = await client().storage.upload(file.blob);
           const id = fileUrl.split("/").at(-2);
+          assert.deepEqual(restCalls(), [`POST ${forms.initiateMultipart ?? forms.initiate}`]);
           if (!forms.initiateMultipart) {
             forwarded("POST", forms.initiate);
             assert.equal(mock.uploads.get(id)?.sha256, file.sha256);
@@ -252,6 +259,7 @@ export function defineMatrix(launcher, releases = installedReleases()) {
           }
           assert.equal(final.done, true);
           const rec = forwarded("POST", forms.token);
+          assert.deepEqual(restCalls(), [`POST ${forms.token}`]);
           assert.deepEqual(rec.json, { allowed_apps: ["flux"], token_expiration: 120 });
           assert.equal(mock.tokens.length, 1);
           // The token came back intact: the client used it for its direct call to fal.
