@@ -467,6 +467,49 @@ mod tests {
     }
 
     #[test]
+    fn the_older_rest_host_follows_the_same_rules() {
+        // Every form and near-miss on rest.fal.ai gets the same answer on
+        // rest.alpha.fal.ai, from the URL list and from an endpoint list; the
+        // one difference is the initiate without a storage type, which only
+        // releases before 1.2.0 send, and only to the older host.
+        let urls = default_list();
+        let endpoints = EndpointAllowList::new(vec![Glob::new("fal-ai/flux/**")]);
+        let rest = [
+            "/tokens/",
+            "/tokens",
+            "/tokens/x",
+            "/tokens/?x=1",
+            "//tokens/",
+            "/%74okens/",
+            "/tokens/../admin",
+            "/storage/upload/initiate?storage_type=fal-cdn-v3",
+            "/storage/upload/initiate?storage_type=fal-cdn-v3&x=1",
+            "/storage/upload/initiate?storage_type=gcs",
+            "/storage/upload/initiate-multipart?storage_type=fal-cdn-v3",
+            "/storage/upload/initiate-multipart",
+            "/storage/upload/complete-multipart",
+            "/storage/upload/",
+            "/users/me",
+            "/",
+        ];
+        for path in rest {
+            for method in [http::Method::POST, http::Method::GET, http::Method::PUT] {
+                let answers = ["rest.fal.ai", "rest.alpha.fal.ai"].map(|host| {
+                    let target = Target::parse(format!("https://{host}{path}").as_bytes()).unwrap();
+                    (urls.check(&target), endpoints.check(&method, &target))
+                });
+                assert_eq!(answers[0], answers[1], "{method} {path}");
+            }
+        }
+        let no_type = |host: &str| {
+            let raw = format!("https://{host}/storage/upload/initiate");
+            urls.check(&Target::parse(raw.as_bytes()).unwrap())
+        };
+        assert_eq!(no_type("rest.alpha.fal.ai"), Ok(()));
+        assert_eq!(no_type("rest.fal.ai"), Err(ProxyError::TargetNotAllowed));
+    }
+
+    #[test]
     fn what_is_sent_is_what_was_checked() {
         let target = Target::parse(b"https://FAL.run:443/fal-ai/../fal-ai/flux?x=1").unwrap();
         assert_eq!(target.as_str(), "https://fal.run/fal-ai/flux?x=1");
