@@ -132,6 +132,7 @@ function render() {
   ui.card.hidden = !needsKey;
   ui.generate.disabled = mode === null || needsKey || running !== null;
   ui.cancel.hidden = running === null;
+  ui.form.setAttribute("aria-busy", String(running !== null));
 
   ui.keyFields.hidden = mode === "server";
   ui.modeNote.textContent =
@@ -323,8 +324,12 @@ async function generate(event) {
   render();
   setStatus("Submitting…");
   const started = performance.now();
+  // Cancel ends the run here at once; the client would notice only at its next poll.
+  const cancelled = new Promise((_, reject) => {
+    run.controller.signal.addEventListener("abort", () => reject(new Error("cancelled")), { once: true });
+  });
   try {
-    const result = await fal.subscribe(model, {
+    const subscribed = fal.subscribe(model, {
       input: { prompt },
       logs: true,
       abortSignal: run.controller.signal,
@@ -346,6 +351,7 @@ async function generate(event) {
         showLogs(update.logs);
       },
     });
+    const result = await Promise.race([subscribed, cancelled]);
     if (!run.cancelRequested) {
       showResult(result, prompt);
       setStatus(`Done in ${((performance.now() - started) / 1000).toFixed(1)} s.`);

@@ -72,6 +72,7 @@ mod error;
 mod forward;
 mod function;
 mod headers;
+mod info;
 mod key;
 mod pattern;
 mod target;
@@ -90,6 +91,7 @@ pub use error::{ProxyError, UpstreamError};
 pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
 pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
+pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
 pub use target::{TARGET_URL_HEADER, Target};
 
