@@ -125,8 +125,13 @@ function render() {
 
   if (mode === null) ui.chip.textContent = "Loading…";
   else if (mode === "server") ui.chip.textContent = "Using this site's key";
-  else if (key) ui.chip.textContent = `Your key ${masked(key)}`;
-  else if (mode === "user-or-server") ui.chip.textContent = "Using this site's key";
+  else if (key) {
+    // "Your key" gives way on narrow screens; the masked key stays.
+    const label = document.createElement("span");
+    label.className = "chip-label";
+    label.textContent = "Your key ";
+    ui.chip.replaceChildren(label, masked(key));
+  } else if (mode === "user-or-server") ui.chip.textContent = "Using this site's key";
   else ui.chip.textContent = "No key";
 
   ui.card.hidden = !needsKey;
@@ -144,6 +149,7 @@ function render() {
           ? "This site has no fal key of its own: generating uses yours, billed to your fal account."
           : "This site's proxy did not say whether it has a key of its own; a saved key is sent with every request.";
   ui.savedKey.textContent = key ? `Saved key: ${masked(key)}` : "No key saved.";
+  ui.clearKey.disabled = !key;
 }
 
 function setStatus(text) {
@@ -171,6 +177,11 @@ function clearRun() {
   ui.formError.textContent = "";
   ui.logs.replaceChildren();
   ui.logsBox.hidden = true;
+  ui.images.replaceChildren();
+  ui.rawBox.hidden = true;
+  ui.raw.textContent = "";
+  ui.resultEmpty.hidden = false;
+  ui.resultEmpty.textContent = "Images you generate appear here.";
 }
 
 function showFieldError(name, message) {
@@ -323,6 +334,7 @@ async function generate(event) {
   running = run;
   render();
   setStatus("Submitting…");
+  ui.resultEmpty.textContent = "Generating…";
   const started = performance.now();
   // Cancel ends the run here at once; the client would notice only at its next poll.
   const cancelled = new Promise((_, reject) => {

@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../playground"
 
-if [[ ! -d node_modules/@fal-ai/client || ! -x node_modules/.bin/esbuild ]]; then
+# The check installs exactly the locked versions; a rebuild reuses what is installed.
+if [[ ${1:-} == --check || ! -d node_modules/@fal-ai/client || ! -x node_modules/.bin/esbuild ]]; then
   npm ci --no-audit --no-fund --loglevel=error >&2
 fi
 
