@@ -513,6 +513,9 @@ describe("playground on the Worker (wrangler dev, static assets)", () => {
     for (const { key, value } of vercel.headers.find((h) => h.source === "/(.*)").headers) {
       assert.equal(headers[key.toLowerCase()], value, key);
     }
+    const rules = await fetch(`${server.origin}/_headers`);
+    assert.equal(rules.status, 404, "the header rules are not served as a file");
+    await rules.arrayBuffer();
     assert.ok(await page.locator("#key-card").isVisible(), "user mode: the card");
     await saveKey(page, USER_KEY);
     mock.reset();

@@ -5,10 +5,10 @@
 //
 // Each start gets its own temporary directory holding a generated wrangler.json (the entry
 // point, compatibility date and [assets] directory of the top-level wrangler.toml, the
-// settings as [vars], no [build] step: the wasm is used as built) and a .dev.vars with the key settings, which is
-// how secrets reach a local Worker. So starts never share configuration, and nothing in the
-// user's own wrangler.toml [vars] or .dev.vars leaks into a test. Ports (HTTP and inspector)
-// are picked free per start. stop() sends SIGTERM to wrangler, which stops workerd; a
+// settings as [vars], no [build] step: the wasm is used as built) and a .dev.vars with the
+// key settings, which is how secrets reach a local Worker. So starts never share
+// configuration, and nothing in the user's own wrangler.toml [vars] or .dev.vars leaks into
+// a test. Ports (HTTP and inspector) are picked free per start. stop() sends SIGTERM to wrangler, which stops workerd; a
 // wrangler that does not exit in time gets SIGKILL for its whole process group.
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
