@@ -391,6 +391,7 @@ describe("playground on the native server, user mode (no server key)", () => {
     const alert = page.getByRole("alert");
     assert.match(await alert.innerText(), /The proxy refused the request \(403\): This fal endpoint is not allowed by this proxy\./);
     assert.equal(mock.requests.length, 0);
+    assert.equal(await page.locator("#result-empty").innerText(), "Images you generate appear here.");
     await screenshots(page, "6-proxy-refusal");
   });
 

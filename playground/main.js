@@ -372,6 +372,7 @@ async function generate(event) {
     if (!run.cancelRequested) showError(error);
   } finally {
     running = null;
+    if (ui.rawBox.hidden) ui.resultEmpty.textContent = "Images you generate appear here.";
     render();
   }
 }
