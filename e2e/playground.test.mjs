@@ -17,6 +17,7 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, readFileSync, readdirSync } from "node:fs";
 import path from "node:path";
+import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startMockFal, MOCK_PNG } from "./mock-fal.mjs";
@@ -38,6 +39,7 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ];
 
+const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 const USER_KEY = "fal_test-visitor-key-0123456789wxyz";
 const SERVER_KEY = "test-key-id:test-key-secret";
 const APP_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJl";
@@ -143,13 +145,30 @@ async function load(page, origin) {
   return response;
 }
 
-/** Screenshots at 1440 and 375 px, light and dark, into the artifacts folder. */
+/**
+ * axe-core's WCAG 2 A/AA rules (contrast included) on the page as it is: no violation. It is
+ * evaluated through the DevTools protocol, which the page's CSP does not govern.
+ */
+async function assertAccessible(page, what) {
+  if (!(await page.evaluate(() => "axe" in window))) await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { runOnly: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] });
+    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+  });
+  assert.deepEqual(violations, [], `accessibility of ${what}`);
+}
+
+/**
+ * Screenshots at 1440 and 375 px, light and dark, into the artifacts folder; and the
+ * accessibility check in both colour schemes.
+ */
 async function screenshots(page, name) {
   for (const [size, viewport] of [["1440", DESKTOP], ["375", PHONE]]) {
     await page.setViewportSize(viewport);
     for (const colorScheme of ["light", "dark"]) {
       await page.emulateMedia({ colorScheme });
       await page.screenshot({ path: path.join(ARTIFACTS, `${name}-${size}-${colorScheme}.png`), fullPage: true });
+      if (size === "1440") await assertAccessible(page, `${name}, ${colorScheme}`);
     }
   }
   await page.setViewportSize(DESKTOP);

@@ -16,7 +16,8 @@
 //!    error shape.
 //!
 //! [`Proxy::forward`] runs the three phases and never fails: every error
-//! becomes a response.
+//! becomes a response. The request phase also answers [`INFO_PATH`], the key
+//! mode a page on the same site (the playground) reads before it asks for a key.
 //!
 //! This crate performs no I/O whatsoever: it reads no environment (settings
 //! come through [`Config::from_lookup`]), opens no socket, starts no timer,
