@@ -494,10 +494,16 @@ describe("playground on the native server, user-or-server mode", () => {
     assert.equal(queueRequests(mock.requests)[0].headers.authorization, `Key ${SERVER_KEY}`);
 
     await saveKey(page, USER_KEY);
+    // The auth hook may also be set after the page has loaded (a same-origin parent does so).
+    await page.evaluate(() => {
+      window.falProxyAuthToken = () => "set.after.load";
+    });
     mock.reset();
     await generate(page, "fal-ai/flux/dev");
     assert.equal(queueRequests(mock.requests)[0].headers.authorization, `Key ${USER_KEY}`);
     assert.ok((await shownImages(page))[0].naturalWidth > 0);
+    const sent = (await browserState.proxyRequests(page)).filter((r) => r.headers["x-fal-user-key"]);
+    assert.ok(sent.length >= 3 && sent.every((r) => r.headers.authorization === "Bearer set.after.load"));
     await browserState.clean(page);
   });
 });
