@@ -136,6 +136,8 @@ async fn handle(
     request: http::Request<Incoming>,
 ) -> Result<http::Response<LoggedBody<ReqwestBody>>, std::convert::Infallible> {
     let started = Instant::now();
+    // The page's files hold nothing secret, so they are served whatever the
+    // `Host`; the requests the page then makes pass the proxy's host check.
     if playground && let Some(page) = playground::serve(&request) {
         return Ok(LoggedBody::wrap(page.map(ProxyBody::Full), started, |_| {}));
     }
