@@ -6,7 +6,7 @@
 
 import http from "node:http";
 import { createHash, randomUUID } from "node:crypto";
-import { gzipSync } from "node:zlib";
+import { deflateSync, gzipSync } from "node:zlib";
 
 /** Deterministic pseudo-random bytes (so large bodies are not trivially compressible). */
 export function patternBytes(size, seed = 1) {
@@ -41,6 +41,53 @@ export const VALIDATION_ERROR_BODY = {
 // Served gzip-compressed (content-encoding: gzip) by fal.run/fal-ai/gzip-response.
 export const GZIP_RESPONSE_BODY = { images: [{ url: "https://v3.fal.media/files/mock/gz.png" }], text: "z".repeat(5000) };
 export const SERVER_ERROR_BODY = { detail: "Internal Server Error", error_type: "internal_error" };
+
+/**
+ * A real PNG (a colour gradient, `width` x `height`, 8-bit RGB), made here so no test needs
+ * a file or the network. The mock serves it for fal's CDN URLs (`/v3.fal.media/...`).
+ */
+export function gradientPng(width = 96, height = 64) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc32 = (buf) => {
+    let c = 0xffffffff;
+    for (const byte of buf) c = crcTable[(c ^ byte) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const head = Buffer.alloc(8);
+    head.writeUInt32BE(data.length, 0);
+    head.write(type, 4, "ascii");
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])), 0);
+    return Buffer.concat([head, data, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit, RGB, deflate, no filter method, no interlace
+  const rows = Buffer.alloc((width * 3 + 1) * height);
+  for (let y = 0; y < height; y++) {
+    const row = y * (width * 3 + 1); // each row starts with filter type 0
+    for (let x = 0; x < width; x++) {
+      rows[row + 1 + x * 3] = Math.round((255 * x) / (width - 1));
+      rows[row + 2 + x * 3] = Math.round((255 * y) / (height - 1));
+      rows[row + 3 + x * 3] = 200;
+    }
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    chunk("IDAT", deflateSync(rows)),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+/** The PNG the mock serves for every `https://v3.fal.media/files/...png` result URL. */
+export const MOCK_PNG = gradientPng();
 
 const BODY_KEEP_LIMIT = 1024 * 1024; // keep raw bodies up to 1 MiB for inspection
 
@@ -225,6 +272,15 @@ export async function startMockFal() {
       return json(res, 405, { detail: "Method Not Allowed" });
     }
 
+    // fal's CDN, where results' images live: a real PNG for any .png under /files/.
+    if (host === "v3.fal.media") {
+      if ((method === "GET" || method === "HEAD") && rest[0] === "files" && url.pathname.endsWith(".png")) {
+        res.writeHead(200, { "content-type": "image/png", "content-length": MOCK_PNG.length });
+        return res.end(method === "HEAD" ? undefined : MOCK_PNG);
+      }
+      return json(res, 404, { detail: "Not Found" });
+    }
+
     if (host === "fal.run") {
       const endpoint = rest.join("/");
       const app = rest.slice(0, 2).join("/");
@@ -302,6 +358,9 @@ export async function startMockFal() {
         if (method !== "POST") return json(res, 405, { detail: "Method Not Allowed" });
         const endpoint = rest.join("/");
         const app = rest.slice(0, 2).join("/");
+        if (app === "fal-ai/validation-error") {
+          return json(res, 422, VALIDATION_ERROR_BODY, { "x-fal-request-id": randomUUID() });
+        }
         const id = randomUUID();
         queue.set(id, {
           id,
@@ -332,6 +391,10 @@ export async function startMockFal() {
       ];
       const statusAt = (n) => {
         const urls = queueUrls(app, id);
+        // fal-ai/slow runs until it is cancelled.
+        if (app === "fal-ai/slow" && !entry.cancelled) {
+          return { status: "IN_PROGRESS", ...urls, ...(logs ? { logs: logLines.slice(0, 1) } : {}) };
+        }
         if (n === 0) return { status: "IN_QUEUE", queue_position: 1, ...urls, ...(logs ? { logs: [] } : {}) };
         if (n === 1)
           return { status: "IN_PROGRESS", ...urls, ...(logs ? { logs: logLines.slice(0, 1) } : {}) };

@@ -215,6 +215,7 @@ describe("vercel.json against `vercel build` (offline, stub function)", () => {
     "/api/fal/proxy/fal-ai",
     "/api/fal/proxy/fal-ai/flux/dev",
     "/api/fal/proxy/fal-ai/flux/requests/0b9f2f4e/status?logs=1",
+    "/api/fal/proxy/info", // the key mode, which the playground reads
   ];
   for (const url of proxied) {
     it(`${url} reaches the function, its query unchanged`, () => {
@@ -234,6 +235,25 @@ describe("vercel.json against `vercel build` (offline, stub function)", () => {
 
   it("/ serves public/index.html", () => {
     assert.deepEqual(resolve(build, "/"), { file: "/index.html" });
+  });
+
+  it("every file of the playground is served as it is, with the page's security headers", () => {
+    const files = readdirSync(path.join(repoRoot, "public")).filter((f) => f !== "_headers");
+    for (const file of files) {
+      const url = file === "index.html" ? "/" : `/${file}`;
+      assert.deepEqual(resolve(build, url), { file: `/${file}` }, url);
+      // Header routes come before the filesystem and continue (`continue: true`).
+      const headers = {};
+      for (const route of build.config.routes) {
+        if (route.handle) break;
+        if (route.headers && new RegExp(route.src).test(url)) Object.assign(headers, route.headers);
+      }
+      const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+      assert.equal(lower["x-content-type-options"], "nosniff", url);
+      assert.equal(lower["referrer-policy"], "no-referrer", url);
+      assert.match(lower["content-security-policy"] ?? "", /script-src 'self';/, url);
+      assert.doesNotMatch(lower["content-security-policy"], /unsafe/, url);
+    }
   });
 
   it("without the rewrite, [...path] alone would miss the bare route and deeper paths", () => {
@@ -274,6 +294,8 @@ describe(".vercelignore (gitignore rules, which the CLI's ignore follows)", () =
       ENTRY,
       ...readdirSync(path.join(repoRoot, "api", "fal", "proxy")).map((f) => `api/fal/proxy/${f}`),
       "public/index.html",
+      "public/playground.js",
+      "public/playground.css",
       ...members.flatMap((m) => [`${m}/Cargo.toml`, `${m}/src/lib.rs`, `${m}/src/main.rs`]),
     ];
     assert.deepEqual([...(await ignoredOf(kept))], [], "these must be uploaded");
@@ -288,6 +310,8 @@ describe(".vercelignore (gitignore rules, which the CLI's ignore follows)", () =
       ".dev.vars",
       "worker/.dev.vars",
       ".vercel/project.json",
+      "public/_headers",
+      "playground/main.js",
     ];
     const ignored = await ignoredOf(dropped);
     assert.deepEqual(dropped.filter((p) => !ignored.has(p)), [], "these must not be uploaded");

@@ -14,14 +14,16 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup targe
 eval "$(scripts/tools/lambda.sh)"   # cargo-lambda (the Lambda emulator), cfn-lint
 eval "$(scripts/tools/vercel.sh)"   # the Vercel CLI, for an offline `vercel build`
 eval "$(scripts/tools/worker.sh)"   # worker-build, wasm-bindgen, wasm-opt, esbuild
+scripts/tools/apt.sh chromium fonts-liberation   # the browser tests of the playground page
 npm ci --no-audit --no-fund --loglevel=error            # wrangler
-(cd e2e && npm ci --no-audit --no-fund --loglevel=error) # @fal-ai/client, and older releases as fal-client-X-Y-Z
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error) # @fal-ai/client (and older releases as fal-client-X-Y-Z), playwright-core
 
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo clippy -p fal-proxy-core -p fal-proxy-worker --target wasm32-unknown-unknown -- -D warnings
 scripts/check-template.sh
+scripts/build-playground.sh --check   # the committed public/playground.js is what its source builds
 
 step "Rust tests (unit, contract, doc, the server, Lambda runtime API)"
 cargo test --workspace --all-features
@@ -38,7 +40,8 @@ step "end-to-end: the real @fal-ai/client against every target"
   native.test.mjs \
   vercel.test.mjs vercel-function.test.mjs vercel-routes.test.mjs \
   lambda.test.mjs \
-  worker.test.mjs)
+  worker.test.mjs \
+  playground.test.mjs)
 
 step "end-to-end: every tested @fal-ai/client release (1.0.2 to 1.10.1) through the native server and the Vercel function"
 (cd e2e && node --test --test-concurrency=1 client-matrix-native.test.mjs client-matrix-vercel.test.mjs)

@@ -4,11 +4,11 @@
 // wrangler from the top-level package.json (`npm ci` at the repository root).
 //
 // Each start gets its own temporary directory holding a generated wrangler.json (the entry
-// point and compatibility date of the top-level wrangler.toml, the settings as [vars], no
-// [build] step: the wasm is used as built) and a .dev.vars with the key settings, which is
-// how secrets reach a local Worker. So starts never share configuration, and nothing in the
-// user's own wrangler.toml [vars] or .dev.vars leaks into a test. Ports (HTTP and inspector)
-// are picked free per start. stop() sends SIGTERM to wrangler, which stops workerd; a
+// point, compatibility date and [assets] directory of the top-level wrangler.toml, the
+// settings as [vars], no [build] step: the wasm is used as built) and a .dev.vars with the
+// key settings, which is how secrets reach a local Worker. So starts never share
+// configuration, and nothing in the user's own wrangler.toml [vars] or .dev.vars leaks into
+// a test. Ports (HTTP and inspector) are picked free per start. stop() sends SIGTERM to wrangler, which stops workerd; a
 // wrangler that does not exit in time gets SIGKILL for its whole process group.
 
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -40,7 +40,10 @@ export function wranglerEnv() {
   };
 }
 
-/** `main` and `compatibility_date` from the top-level wrangler.toml (plain `key = "value"` lines). */
+/**
+ * `main`, `compatibility_date` and the `[assets]` `directory` (the playground page) from the
+ * top-level wrangler.toml (plain `key = "value"` lines).
+ */
 export function wranglerToml() {
   const text = readFileSync(path.join(repoRoot, "wrangler.toml"), "utf8");
   const field = (key) => {
@@ -48,7 +51,11 @@ export function wranglerToml() {
     if (!m) throw new Error(`wrangler.toml has no ${key} = "..." line`);
     return m[1];
   };
-  return { main: path.resolve(repoRoot, field("main")), compatibilityDate: field("compatibility_date") };
+  return {
+    main: path.resolve(repoRoot, field("main")),
+    compatibilityDate: field("compatibility_date"),
+    assets: path.resolve(repoRoot, field("directory")),
+  };
 }
 
 /** .dev.vars is dotenv: double-quoted values with \\ and " escaped. */
@@ -64,7 +71,7 @@ export const workerLauncher = {
   async start(configEnv) {
     const wrangler = wranglerBinary();
     requireFile(wrangler, "run `npm ci` at the repository root");
-    const { main, compatibilityDate } = wranglerToml();
+    const { main, compatibilityDate, assets } = wranglerToml();
     requireFile(main, "build the Worker with scripts/build-worker.sh");
 
     const dir = mkdtempSync(path.join(os.tmpdir(), "fal-proxy-worker-"));
@@ -78,7 +85,7 @@ export const workerLauncher = {
     writeFileSync(
       path.join(dir, "wrangler.json"),
       JSON.stringify(
-        { name: "fal-proxy-e2e", main, compatibility_date: compatibilityDate, vars },
+        { name: "fal-proxy-e2e", main, compatibility_date: compatibilityDate, assets: { directory: assets }, vars },
         null,
         2,
       ),
@@ -103,8 +110,9 @@ export const workerLauncher = {
     const cleanup = () => rmSync(dir, { recursive: true, force: true });
     const origin = `http://127.0.0.1:${port}`;
     try {
-      // Ready when the Worker itself answers (its 404 for "/" is the proxy's JSON).
-      await untilProxyAnswers(proc, `${origin}/`, STARTUP_TIMEOUT_MS);
+      // Ready when the Worker itself answers ("/" is the playground page, an asset; a
+      // request to the proxy without a target gets the proxy's JSON 400).
+      await untilProxyAnswers(proc, `${origin}/api/fal/proxy`, STARTUP_TIMEOUT_MS);
     } catch (error) {
       await proc.kill();
       cleanup();

@@ -8,12 +8,18 @@
 //! to loopback, it answers only to loopback host names unless
 //! `FAL_PROXY_ALLOWED_HOSTS` says otherwise (DNS-rebinding protection).
 //!
+//! It also serves the playground page (`public/`, embedded in the binary) at
+//! `/`, unless `FAL_PROXY_PLAYGROUND=off`.
+//!
 //! It logs one line per request (method, target host and path, status,
 //! duration, bytes) and never a key. SIGTERM or Ctrl-C stops accepting,
 //! lets open requests finish for up to ten seconds, then exits.
 
+mod playground;
+
 use fal_proxy_core::{
-    Config, DrainOnDrop, LoggedBody, PROXY_PATH, Proxy, ReqwestBody, ReqwestUpstream, vars,
+    Config, DrainOnDrop, LoggedBody, PROXY_PATH, Proxy, ProxyBody, ReqwestBody, ReqwestUpstream,
+    vars,
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -60,6 +66,7 @@ async fn run() -> Result<(), String> {
         value
     };
     let config = Config::from_lookup(lookup).map_err(|error| error.to_string())?;
+    let playground = playground::enabled(env(vars::PLAYGROUND).as_deref())?;
     let upstream = ReqwestUpstream::new(&config)
         .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
     if let Some(warning) = config.upstream_warning() {
@@ -76,6 +83,12 @@ async fn run() -> Result<(), String> {
     eprintln!(
         "fal-proxy: listening on http://{bound} (proxy at http://{bound}{PROXY_PATH}); {summary}"
     );
+    if playground {
+        eprintln!(
+            "fal-proxy: playground at http://{bound}/ ({}=off turns it off)",
+            vars::PLAYGROUND
+        );
+    }
 
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -96,7 +109,7 @@ async fn run() -> Result<(), String> {
                 let _ = stream.set_nodelay(true);
                 let proxy = Arc::clone(&proxy);
                 let upstream = Arc::clone(&upstream);
-                let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), request));
+                let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), playground, request));
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(connection);
@@ -119,9 +132,15 @@ async fn run() -> Result<(), String> {
 async fn handle(
     proxy: Arc<Proxy>,
     upstream: Arc<ReqwestUpstream>,
+    playground: bool,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<LoggedBody<ReqwestBody>>, std::convert::Infallible> {
     let started = Instant::now();
+    // The page's files hold nothing secret, so they are served whatever the
+    // `Host`; the requests the page then makes pass the proxy's host check.
+    if playground && let Some(page) = playground::serve(&request) {
+        return Ok(LoggedBody::wrap(page.map(ProxyBody::Full), started, |_| {}));
+    }
     // A refused request's unread body is read out, so the browser gets the answer.
     let request = request.map(DrainOnDrop::new);
     let response = proxy.forward(upstream.as_ref(), request).await;

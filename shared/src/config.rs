@@ -41,6 +41,8 @@ pub mod vars {
     pub const TIMEOUT_SECS: &str = "FAL_PROXY_TIMEOUT_SECS";
     /// Test seam: an origin that stands in for every fal host.
     pub const UPSTREAM: &str = "FAL_PROXY_UPSTREAM";
+    /// Native server only: `off` stops it serving the playground page at `/`.
+    pub const PLAYGROUND: &str = "FAL_PROXY_PLAYGROUND";
 }
 
 /// A setting that is present but wrong. Names the variable; never echoes a key.

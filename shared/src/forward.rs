@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::error::{ProxyError, UpstreamError};
 use crate::headers::{filter_response_headers, upstream_request_headers};
+use crate::info;
 use crate::key;
 use crate::target::Target;
 use bytes::Bytes;
@@ -168,7 +169,7 @@ impl Proxy {
     pub fn request_filter<B>(&self, request: Request<B>) -> Decision<B> {
         let mut exchange = Exchange::new(request.method().clone());
         match self.check_request(&request, &mut exchange) {
-            Ok(Some((uri, authorization))) => {
+            Ok(Checked::Forward(uri, authorization)) => {
                 let (parts, body) = request.into_parts();
                 let headers =
                     upstream_request_headers(&parts.headers, &authorization, &self.client_proxy);
@@ -178,7 +179,12 @@ impl Proxy {
                 *upstream.headers_mut() = headers;
                 Decision::Forward(upstream, exchange)
             }
-            Ok(None) => {
+            Ok(Checked::Info) => {
+                let mut response = info::info_response(&self.config);
+                self.cors_headers(&exchange, response.headers_mut());
+                Decision::Respond(response, exchange)
+            }
+            Ok(Checked::Preflight) => {
                 let mut response =
                     Cors::preflight(exchange.cors_origin.as_ref(), request.headers());
                 // An allowed origin's preflight carries its own `vary`.
@@ -195,12 +201,12 @@ impl Proxy {
         }
     }
 
-    /// `Ok(None)` for a preflight; the upstream URI and key otherwise.
+    /// What to do with a request that passed every check.
     fn check_request<B>(
         &self,
         request: &Request<B>,
         exchange: &mut Exchange,
-    ) -> Result<Option<(Uri, HeaderValue)>, ProxyError> {
+    ) -> Result<Checked, ProxyError> {
         let path = request.uri().path();
         let on_route = path
             .strip_prefix(PROXY_PATH)
@@ -218,7 +224,10 @@ impl Proxy {
         }
         let method = request.method();
         if method == Method::OPTIONS {
-            return Ok(None);
+            return Ok(Checked::Preflight);
+        }
+        if info::is_info_request(request) {
+            return Ok(Checked::Info);
         }
         let forwarded = [
             Method::GET,
@@ -266,7 +275,7 @@ impl Proxy {
             }
         }
         .map_err(|_| ProxyError::InvalidTargetUrl)?;
-        Ok(Some((uri, key.authorization().clone())))
+        Ok(Checked::Forward(uri, key.authorization().clone()))
     }
 
     /// Phase 3: maps the upstream response for the browser. The body is
@@ -302,6 +311,16 @@ impl Proxy {
         self.cors_headers(exchange, response.headers_mut());
         response
     }
+}
+
+/// The outcome of a request's checks.
+enum Checked {
+    /// Send it upstream to this URI with this `Authorization`.
+    Forward(Uri, HeaderValue),
+    /// A CORS preflight, answered by the proxy.
+    Preflight,
+    /// The proxy's self-description ([`info::INFO_PATH`]), answered by the proxy.
+    Info,
 }
 
 /// Whether the request's `Host` (its name, without the port or an IPv6

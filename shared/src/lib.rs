@@ -16,7 +16,8 @@
 //!    error shape.
 //!
 //! [`Proxy::forward`] runs the three phases and never fails: every error
-//! becomes a response.
+//! becomes a response. The request phase also answers [`INFO_PATH`], the key
+//! mode a page on the same site (the playground) reads before it asks for a key.
 //!
 //! This crate performs no I/O whatsoever: it reads no environment (settings
 //! come through [`Config::from_lookup`]), opens no socket, starts no timer,
@@ -72,6 +73,7 @@ mod error;
 mod forward;
 mod function;
 mod headers;
+mod info;
 mod key;
 mod pattern;
 mod target;
@@ -90,6 +92,7 @@ pub use error::{ProxyError, UpstreamError};
 pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
 pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
+pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
 pub use target::{TARGET_URL_HEADER, Target};
 
