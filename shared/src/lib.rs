@@ -68,11 +68,13 @@
 
 mod config;
 mod cors;
+mod egress;
 mod error;
 mod forward;
 mod function;
 mod headers;
 mod key;
+mod log;
 mod pattern;
 mod target;
 
@@ -86,11 +88,13 @@ mod test_support;
 mod upstream_reqwest;
 
 pub use config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, vars};
-pub use error::{ProxyError, UpstreamError};
+pub use egress::EgressProxy;
+pub use error::{Cause, ProxyError, UpstreamError};
 pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
 pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use key::{KeyMode, USER_KEY_HEADER};
+pub use log::{Hint, Hints, Level, LogFormat, LogLine, untrusted};
 pub use target::{TARGET_URL_HEADER, Target};
 
 #[cfg(feature = "http-body")]
