@@ -96,7 +96,9 @@ async fn run() -> Result<(), String> {
     say(
         format,
         Level::Info,
-        proxy.config().browser_summary(Some(&format!("http://{bound}"))),
+        proxy
+            .config()
+            .browser_summary(Some(&format!("http://{bound}"))),
     );
 
     let graceful = GracefulShutdown::new();
@@ -157,7 +159,9 @@ async fn handle(
     if let Some(hint) = HINTS.line(&response, now) {
         eprintln!("{hint}");
     }
-    Ok(LoggedBody::wrap(response, started, |line| eprintln!("{line}")))
+    Ok(LoggedBody::wrap(response, started, |line| {
+        eprintln!("{line}")
+    }))
 }
 
 fn listen_address(env: impl Fn(&str) -> Option<String>) -> Result<SocketAddr, String> {

@@ -81,7 +81,10 @@ impl Server {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))
             .await
             .expect("connect");
-        let request = format!("{head}host: 127.0.0.1:{}\r\nconnection: close\r\n\r\n", self.port);
+        let request = format!(
+            "{head}host: 127.0.0.1:{}\r\nconnection: close\r\n\r\n",
+            self.port
+        );
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
@@ -132,12 +135,21 @@ async fn cors_off_preflight_hints_once_per_origin() {
     );
 
     for _ in 0..3 {
-        assert_eq!(status(&server.preflight("http://localhost:5173").await), 204);
+        assert_eq!(
+            status(&server.preflight("http://localhost:5173").await),
+            204
+        );
     }
-    assert_eq!(status(&server.preflight("http://127.0.0.1:5173").await), 204);
+    assert_eq!(
+        status(&server.preflight("http://127.0.0.1:5173").await),
+        204
+    );
     server.line_with("origin=http://127.0.0.1:5173").await;
     let log = server.log();
-    let hints: Vec<&str> = log.lines().filter(|l| l.contains("hint=cors_off")).collect();
+    let hints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("hint=cors_off"))
+        .collect();
     assert_eq!(hints.len(), 2, "one per origin:\n{log}");
     assert!(
         hints[0].starts_with("fal-proxy: warning:")
@@ -190,9 +202,7 @@ async fn refused_origin_is_named_and_sanitised() {
     assert_eq!(status(&answer), 403);
     let line = server.line_with("origin=http://evil.example").await;
     assert!(
-        line.ends_with(
-            "origin=http://evil.example\\x20status=200\\x20fal-proxy:\\x09method=GET"
-        ),
+        line.ends_with("origin=http://evil.example\\x20status=200\\x20fal-proxy:\\x09method=GET"),
         "{line}"
     );
     assert_eq!(
@@ -278,7 +288,10 @@ async fn expect_cause(upstream: String, cause: &str) {
         answer.contains("\"error_type\":\"upstream_unreachable\""),
         "{answer}"
     );
-    assert!(!answer.contains("cause"), "the cause stays in the log: {answer}");
+    assert!(
+        !answer.contains("cause"),
+        "the cause stays in the log: {answer}"
+    );
     let line = server.line_with("error=upstream_unreachable").await;
     assert!(
         line.ends_with(&format!("error=upstream_unreachable cause={cause}")),
@@ -300,8 +313,14 @@ async fn json_log_format_writes_one_object_per_line() {
         ("FAL_PROXY_UPSTREAM", &format!("http://127.0.0.1:{closed}")),
     ])
     .await;
-    assert_eq!(status(&server.preflight("http://localhost:5173").await), 204);
-    assert_eq!(status(&server.post("https://fal.run/fal-ai/x?q=1").await), 502);
+    assert_eq!(
+        status(&server.preflight("http://localhost:5173").await),
+        204
+    );
+    assert_eq!(
+        status(&server.post("https://fal.run/fal-ai/x?q=1").await),
+        502
+    );
     server.line_with("\"status\":502").await;
 
     let lines: Vec<serde_json::Value> = server
@@ -311,15 +330,16 @@ async fn json_log_format_writes_one_object_per_line() {
         .collect();
     assert!(lines.iter().all(|l| l["level"].is_string()), "{lines:?}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("listening on http://127.0.0.1:"))),
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("listening on http://127.0.0.1:"))),
         "{lines:?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l["level"] == "warn" && l["message"].as_str().is_some_and(|m| m.contains("FAL_PROXY_UPSTREAM"))),
+        lines.iter().any(|l| l["level"] == "warn"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("FAL_PROXY_UPSTREAM"))),
         "{lines:?}"
     );
     let hint = lines
@@ -439,7 +459,10 @@ async fn env_proxy_is_used_only_when_asked() {
     let heads = tls.heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 1);
     let head = heads[0].to_ascii_lowercase();
-    assert!(head.starts_with("post /fal-ai/flux/dev?x=1 http/1.1"), "{head}");
+    assert!(
+        head.starts_with("post /fal-ai/flux/dev?x=1 http/1.1"),
+        "{head}"
+    );
     assert!(head.contains("host: fal.run"), "{head}");
     assert!(
         head.contains(&format!("authorization: key {}", KEY.to_ascii_lowercase())),
@@ -499,7 +522,10 @@ async fn env_proxy_is_used_only_when_asked() {
         .expect("runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("HTTPS_PROXY") && !stderr.contains("hunter2"), "{stderr}");
+    assert!(
+        stderr.contains("HTTPS_PROXY") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
 }
 
 /// A TLS upstream on 127.0.0.1 with a certificate for `fal.run` and
@@ -519,7 +545,8 @@ mod tls {
         pub async fn start() -> Upstream {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let ca_key = rcgen::KeyPair::generate().expect("key");
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            let mut ca_params =
+                rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
             ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             ca_params
                 .distinguished_name

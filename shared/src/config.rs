@@ -293,7 +293,7 @@ impl Config {
         };
 
         let log_format = LogFormat::parse(get(vars::LOG_FORMAT).as_deref())?;
-        let egress = EgressProxy::from_lookup(&get)?;
+        let egress = EgressProxy::from_lookup(get)?;
 
         Ok(Self {
             server_key,

@@ -206,7 +206,10 @@ mod tests {
         .unwrap();
         assert_eq!(on.https(), Some("http://me:hunter2@proxy.corp:3128"));
         let shown = format!("{on} {on:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("me:"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("me:"),
+            "{shown}"
+        );
         assert!(shown.contains("via http://***@proxy.corp:3128"), "{shown}");
     }
 }

@@ -257,7 +257,8 @@ impl Proxy {
         };
         if origin
             .to_str()
-            .is_ok_and(|text| crate::cors::is_same_origin(text, headers)) {
+            .is_ok_and(|text| crate::cors::is_same_origin(text, headers))
+        {
             return;
         }
         let origin = untrusted(origin.as_bytes());

@@ -365,8 +365,7 @@ mod tests {
             line.render(LogFormat::Text),
             "fal-proxy: method=POST status=502 cause=dns"
         );
-        let json: serde_json::Value =
-            serde_json::from_str(&line.render(LogFormat::Json)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&line.render(LogFormat::Json)).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"level": "info", "method": "POST", "status": 502, "cause": "dns"})
@@ -380,10 +379,7 @@ mod tests {
 
     #[test]
     fn untrusted_text_cannot_forge_a_line_or_a_field() {
-        assert_eq!(
-            untrusted(b"http://localhost:5173"),
-            "http://localhost:5173"
-        );
+        assert_eq!(untrusted(b"http://localhost:5173"), "http://localhost:5173");
         let forged = untrusted(b"http://a status=200\r\nfal-proxy: \"x\\\xff");
         assert_eq!(
             forged,
@@ -511,11 +507,11 @@ mod proxy_tests {
     }
 
     fn line(response: &Response<()>) -> String {
-        response
-            .extensions()
-            .get::<Exchange>()
-            .unwrap()
-            .log_line(response.status(), Duration::ZERO, 0)
+        response.extensions().get::<Exchange>().unwrap().log_line(
+            response.status(),
+            Duration::ZERO,
+            0,
+        )
     }
 
     #[test]
@@ -523,7 +519,11 @@ mod proxy_tests {
         let off = proxy(&[("FAL_KEY", "id:secret")]);
         let hints = Hints::new();
         let now = Duration::from_secs(100);
-        let response = run(&off, UpstreamError::Broken, preflight(b"http://localhost:5173"));
+        let response = run(
+            &off,
+            UpstreamError::Broken,
+            preflight(b"http://localhost:5173"),
+        );
         assert_eq!(response.status(), 204);
         let hint = hints.line(&response, now).expect("a hint");
         assert!(
@@ -532,19 +532,28 @@ mod proxy_tests {
         );
         assert!(hints.line(&response, now).is_none(), "once per origin");
         assert!(
-            line(&response).ends_with("status=204 duration_ms=0 bytes=0 origin=http://localhost:5173"),
+            line(&response)
+                .ends_with("status=204 duration_ms=0 bytes=0 origin=http://localhost:5173"),
             "{}",
             line(&response)
         );
         // The proxy's own origin, and a request without one, need no hint.
-        let same = run(&off, UpstreamError::Broken, preflight(b"http://127.0.0.1:3000"));
+        let same = run(
+            &off,
+            UpstreamError::Broken,
+            preflight(b"http://127.0.0.1:3000"),
+        );
         assert!(hints.line(&same, now).is_none());
         // With CORS on, an allowed origin's preflight is no news.
         let on = proxy(&[
             ("FAL_KEY", "id:secret"),
             ("FAL_PROXY_ALLOWED_ORIGINS", "http://localhost:5173"),
         ]);
-        let allowed = run(&on, UpstreamError::Broken, preflight(b"http://localhost:5173"));
+        let allowed = run(
+            &on,
+            UpstreamError::Broken,
+            preflight(b"http://localhost:5173"),
+        );
         assert!(Hints::new().line(&allowed, now).is_none());
     }
 
@@ -554,12 +563,15 @@ mod proxy_tests {
             ("FAL_KEY", "id:secret"),
             ("FAL_PROXY_ALLOWED_ORIGINS", "http://localhost:5173"),
         ]);
-        let response = run(&on, UpstreamError::Broken, preflight(b"http://127.0.0.1:5173"));
+        let response = run(
+            &on,
+            UpstreamError::Broken,
+            preflight(b"http://127.0.0.1:5173"),
+        );
         assert_eq!(response.status(), 403);
         let request_line = line(&response);
         assert!(
-            request_line
-                .ends_with("error=origin_not_allowed origin=http://127.0.0.1:5173"),
+            request_line.ends_with("error=origin_not_allowed origin=http://127.0.0.1:5173"),
             "{request_line}"
         );
         let hint = Hints::new()
@@ -581,7 +593,10 @@ mod proxy_tests {
 
     #[test]
     fn refused_host_is_named() {
-        let hosts = proxy(&[("FAL_KEY", "id:secret"), ("FAL_PROXY_ALLOWED_HOSTS", "localhost")]);
+        let hosts = proxy(&[
+            ("FAL_KEY", "id:secret"),
+            ("FAL_PROXY_ALLOWED_HOSTS", "localhost"),
+        ]);
         let request = Request::post("/api/fal/proxy")
             .header("host", "rebind.example:3000")
             .header("x-fal-target-url", "https://fal.run/x")

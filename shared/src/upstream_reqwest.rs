@@ -110,25 +110,33 @@ fn cause_in_chain(error: &(dyn Error + 'static)) -> Option<Cause> {
         if error.to_string().starts_with("dns error") {
             return Some(Cause::Dns);
         }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            // rustls reports a failed handshake as an I/O error around its own.
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return Some(Cause::Tls);
-            }
-            use std::io::ErrorKind;
-            match io.kind() {
-                ErrorKind::ConnectionRefused => return Some(Cause::Connect),
-                ErrorKind::TimedOut => return Some(Cause::Timeout),
-                ErrorKind::ConnectionReset
-                | ErrorKind::ConnectionAborted
-                | ErrorKind::BrokenPipe => return Some(Cause::Reset),
-                _ => {}
-            }
+        if let Some(cause) = error.downcast_ref::<std::io::Error>().and_then(io_cause) {
+            return Some(cause);
         }
         current = error.source();
     }
     None
+}
+
+/// The cause an I/O error names. rustls reports a failed handshake as an
+/// I/O error around its own, and reqwest wraps that in another I/O error,
+/// whose `source()` skips the one inside: so look inside by hand.
+fn io_cause(io: &std::io::Error) -> Option<Cause> {
+    if let Some(inner) = io.get_ref() {
+        if inner.is::<rustls::Error>() {
+            return Some(Cause::Tls);
+        }
+        if let Some(cause) = inner.downcast_ref::<std::io::Error>().and_then(io_cause) {
+            return Some(cause);
+        }
+    }
+    use std::io::ErrorKind;
+    match io.kind() {
+        ErrorKind::ConnectionRefused => Some(Cause::Connect),
+        ErrorKind::TimedOut => Some(Cause::Timeout),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Some(Cause::Reset)
+        }
+        _ => None,
+    }
 }
