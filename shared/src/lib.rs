@@ -18,6 +18,13 @@
 //! [`Proxy::forward`] runs the three phases and never fails: every error
 //! becomes a response.
 //!
+//! What is logged is decided here too, the same for every target: each
+//! request's [`Exchange`] renders its one line ([`LogLine`], `key=value`
+//! text or JSON per [`LogFormat`]), naming a refused origin and an
+//! unreachable upstream's [`Cause`], and carries a [`Hint`] for a developer
+//! (a page blocked by CORS), which a target writes through the [`Hints`] it
+//! owns, once per origin.
+//!
 //! This crate performs no I/O whatsoever: it reads no environment (settings
 //! come through [`Config::from_lookup`]), opens no socket, starts no timer,
 //! and never collects a body. Bodies are generic and moved through untouched,
