@@ -96,9 +96,10 @@ async fn run() -> Result<(), String> {
     say(
         format,
         Level::Info,
+        // The playground (served at `/`) passes its URL here once it exists.
         proxy
             .config()
-            .browser_summary(Some(&format!("http://{bound}"))),
+            .browser_summary(Some(&format!("http://{bound}")), None),
     );
 
     let graceful = GracefulShutdown::new();

@@ -354,10 +354,15 @@ impl Config {
     }
 
     /// What a browser page needs to use the proxy, in one sentence for the
-    /// start-up summary: CORS on or off, and for which origins. `own_origin`
-    /// is where the proxy is served, when the target knows it.
-    pub fn browser_summary(&self, own_origin: Option<&str>) -> String {
-        crate::cors::browser_summary(self.cors.as_ref(), own_origin)
+    /// start-up summary: CORS on or off, and for which origins; and where
+    /// the playground is, when the target serves one. `own_origin` is where
+    /// the proxy is served, when the target knows it.
+    pub fn browser_summary(&self, own_origin: Option<&str>, playground: Option<&str>) -> String {
+        let mut summary = crate::cors::browser_summary(self.cors.as_ref(), own_origin);
+        if let Some(url) = playground {
+            let _ = write!(summary, "; playground: {url}");
+        }
+        summary
     }
 
     /// The warning a target logs once at start when the test seam is set.

@@ -331,6 +331,12 @@ mod tests {
         assert!(on.contains("CORS is on for http://localhost:5173"), "{on}");
         let any = browser_summary(Some(&cors(&["*"])), None);
         assert!(any.contains("any origin"), "{any}");
+        let config = crate::Config::from_lookup(|_| None).unwrap();
+        let with_playground = config.browser_summary(None, Some("http://127.0.0.1:3000/"));
+        assert!(
+            with_playground.ends_with("; playground: http://127.0.0.1:3000/"),
+            "{with_playground}"
+        );
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl<U> Function<U> {
                 config.timeout().as_secs()
             ),
         ));
-        say(LogLine::message(Level::Info, config.browser_summary(None)));
+        say(LogLine::message(
+            Level::Info,
+            config.browser_summary(None, None),
+        ));
         Self::Ready {
             proxy: Proxy::new(config, platform),
             upstream,

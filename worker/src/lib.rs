@@ -89,7 +89,7 @@ fn log_summary(config: &Config) {
     let format = config.log_format();
     let line = |level, message: String| LogLine::message(level, message).render(format);
     console_log!("{}", line(Level::Info, config.summary()));
-    console_log!("{}", line(Level::Info, config.browser_summary(None)));
+    console_log!("{}", line(Level::Info, config.browser_summary(None, None)));
     if let Some(warning) = config.upstream_warning() {
         console_warn!("{}", warning.render(format));
     }
