@@ -101,7 +101,7 @@ pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
 pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use key::{KeyMode, USER_KEY_HEADER};
-pub use log::{Hint, Hints, Level, LogFormat, LogLine, untrusted};
+pub use log::{Hint, Hints, Level, LogFormat, LogLine};
 pub use target::{TARGET_URL_HEADER, Target};
 
 #[cfg(feature = "http-body")]

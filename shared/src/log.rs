@@ -71,7 +71,7 @@ enum Value {
 
 /// One log line: a level, an optional sentence, and fields. Never holds a
 /// key, a token or a query string: callers add only what the proxy decided
-/// and [`untrusted`] text (an `Origin` header) made safe to print.
+/// and text from the request (an `Origin` header) made safe to print.
 #[derive(Debug, Clone)]
 pub struct LogLine {
     level: Level,
@@ -98,8 +98,8 @@ impl LogLine {
         }
     }
 
-    /// Adds a text field. The value must be the proxy's own or already
-    /// passed through [`untrusted`].
+    /// Adds a text field. The value must be the proxy's own, or text from
+    /// the request already made safe to print.
     pub fn text(mut self, key: &'static str, value: impl Into<String>) -> Self {
         self.fields.push((key, Value::Text(value.into())));
         self
@@ -164,7 +164,7 @@ const MAX_UNTRUSTED_BYTES: usize = 120;
 /// made safe for one log line: at most 120 bytes, and every byte that is not
 /// visible ASCII, and `"` and `\`, written as `\xNN`, so it can neither forge
 /// a field nor start a new line, in either format.
-pub fn untrusted(bytes: &[u8]) -> String {
+pub(crate) fn untrusted(bytes: &[u8]) -> String {
     let mut out = String::new();
     for &byte in bytes.iter().take(MAX_UNTRUSTED_BYTES) {
         if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' {
@@ -185,12 +185,12 @@ pub enum Hint {
     /// A cross-origin preflight arrived while CORS is off: the browser will
     /// refuse the page's requests. Holds the (sanitised) origin.
     CorsOff {
-        /// The page's origin, as the browser sent it ([`untrusted`]).
+        /// The page's origin, as the browser sent it, made safe to print.
         origin: String,
     },
     /// CORS is on and this origin is not allowed.
     OriginRefused {
-        /// The refused origin ([`untrusted`]).
+        /// The refused origin, made safe to print.
         origin: String,
         /// An allowed origin that differs only by its loopback name
         /// (`localhost` for `127.0.0.1`): the likely mix-up.
