@@ -1165,6 +1165,7 @@ export function defineSuite(launcher) {
         state.target = await launcher.start({
           FAL_KEY: SERVER_KEY,
           FAL_PROXY_UPSTREAM: `http://127.0.0.1:${closedPort}`,
+          FAL_PROXY_LOG_FORMAT: "json",
         });
         state.url = state.target.url;
       }, { timeout: START_TIMEOUT });
@@ -1175,6 +1176,62 @@ export function defineSuite(launcher) {
       it("closed upstream port → 502 upstream_unreachable", opts, async () => {
         const res = await proxyFetch(state, "https://fal.run/fal-ai/flux/dev", { body: "{}" });
         expectProxyError(res, 502, "upstream_unreachable");
+      });
+
+      /** The target's JSON log lines so far (a platform may put a prefix before each). */
+      const jsonLogLines = () => {
+        const { stdout, stderr } = state.target.logs();
+        // wrangler colours console.warn lines; the JSON is the logged string.
+        const plain = `${stderr}\n${stdout}`.replace(/\x1b\[[0-9;]*m/g, "");
+        return plain.split("\n").flatMap((line) => {
+          const at = line.indexOf('{"level":');
+          if (at === -1) return [];
+          try {
+            return [JSON.parse(line.slice(at))];
+          } catch {
+            return [];
+          }
+        });
+      };
+      const waitForLog = async (predicate) => {
+        for (let i = 0; i < 100; i++) {
+          const found = jsonLogLines().find(predicate);
+          if (found) return found;
+          await sleep(50);
+        }
+        const { stdout, stderr } = state.target.logs();
+        assert.fail(`no such JSON log line; stderr:\n${stderr}\nstdout:\n${stdout}`);
+      };
+
+      it("FAL_PROXY_LOG_FORMAT=json: the request's line is JSON and names the cause, never the key or query", opts, async () => {
+        const res = await proxyFetch(state, "https://fal.run/fal-ai/flux/schnell?private=query-text", { body: "{}" });
+        expectProxyError(res, 502, "upstream_unreachable");
+        const line = await waitForLog((l) => l.target === "fal.run/fal-ai/flux/schnell");
+        assert.equal(line.level, "info");
+        assert.equal(line.method, "POST");
+        assert.equal(line.status, 502);
+        assert.equal(line.error, "upstream_unreachable");
+        // workerd reports a refused connection as "Network connection lost.", which could
+        // be anything: the Worker says unknown. The reqwest targets know.
+        const known = launcher.name === "worker" ? ["unknown"] : ["connect"];
+        assert.ok(known.includes(line.cause), `cause ${line.cause}`);
+        assert.equal(typeof line.duration_ms, "number");
+        const { stdout, stderr } = state.target.logs();
+        assert.ok(!`${stdout}${stderr}`.includes("query-text"), "no query in the log");
+        assert.ok(!`${stdout}${stderr}`.includes(SERVER_KEY.split(":")[1]), "no key in the log");
+      });
+
+      it("FAL_PROXY_LOG_FORMAT=json: a cross-origin preflight while CORS is off logs a JSON hint naming the setting", opts, async () => {
+        const res = await fetch(state.url, {
+          method: "OPTIONS",
+          headers: { origin: "http://localhost:5173", "access-control-request-method": "POST", "access-control-request-headers": "content-type,x-fal-target-url" },
+        });
+        assert.equal(res.status, 204);
+        assert.equal(res.headers.get("access-control-allow-origin"), null, "CORS stays off");
+        const hint = await waitForLog((l) => l.hint === "cors_off");
+        assert.equal(hint.level, "warn");
+        assert.equal(hint.origin, "http://localhost:5173");
+        assert.match(hint.message, /FAL_PROXY_ALLOWED_ORIGINS=http:\/\/localhost:5173/);
       });
     });
 

@@ -159,6 +159,52 @@ describe("vercel function", () => {
     });
   });
 
+  describe("with FAL_PROXY_LOG_FORMAT=json", () => {
+    let fn;
+    before(async () => {
+      fn = await vercelLauncher.start({ FAL_KEY: SERVER_KEY, FAL_PROXY_UPSTREAM: mock.url, FAL_PROXY_LOG_FORMAT: "json" });
+    }, opts);
+    after(async () => {
+      await fn?.stop();
+    }, opts);
+
+    it("the start-up lines and each request's IPC log message are one JSON object each", opts, async () => {
+      const startup = fn.logs().stderr.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+      assert.ok(startup.some((l) => l.level === "info" && /^ready on vercel/.test(l.message)), JSON.stringify(startup));
+      assert.ok(startup.some((l) => /^browsers: CORS is off/.test(l.message)), JSON.stringify(startup));
+
+      const inv = invocationHeaders();
+      const res = await fetch(`${fn.url}`, {
+        method: "POST",
+        headers: { ...inv.headers, "x-fal-target-url": `${TARGET}?seed=private`, "content-type": "application/json" },
+        body: "{}",
+      });
+      assert.equal(res.status, 200);
+      await res.arrayBuffer();
+      await fn.waitForIpc((m) => m.type === "end" && forRequest(inv)(m));
+      const [log] = fn.ipcMessages().filter((m) => m.type === "log" && forRequest(inv)(m));
+      const line = JSON.parse(decoded(log));
+      assert.deepEqual(Object.keys(line), ["level", "method", "target", "status", "duration_ms", "bytes"]);
+      assert.equal(line.target, "fal.run/fal-ai/flux/dev");
+      assert.equal(line.status, 200);
+
+      const hinted = invocationHeaders();
+      const preflight = await fetch(fn.url, {
+        method: "OPTIONS",
+        headers: { ...hinted.headers, origin: "http://localhost:5173", "access-control-request-method": "POST" },
+      });
+      assert.equal(preflight.status, 204);
+      await fn.waitForIpc((m) => m.type === "end" && forRequest(hinted)(m));
+      const lines = fn.ipcMessages().filter((m) => m.type === "log" && forRequest(hinted)(m));
+      const parsed = lines.map((m) => ({ level: m.payload.level, line: JSON.parse(decoded(m)) }));
+      const hint = parsed.find((p) => p.line.hint === "cors_off");
+      assert.ok(hint, JSON.stringify(parsed));
+      assert.equal(hint.level, "warn");
+      assert.equal(hint.line.origin, "http://localhost:5173");
+      assert.ok(parsed.some((p) => p.line.method === "OPTIONS" && p.line.origin === "http://localhost:5173"), JSON.stringify(parsed));
+    });
+  });
+
   describe("with an invalid setting", () => {
     const cases = [
       { env: { FAL_KEY: SERVER_KEY, FAL_PROXY_KEY_MODE: "everyone" }, variable: "FAL_PROXY_KEY_MODE", value: "everyone" },

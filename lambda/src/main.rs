@@ -15,13 +15,13 @@
 //! never its value. The handler never returns an `Err`, which Lambda would
 //! turn into a bare 502. It logs one line per request and never a key.
 
-use fal_proxy_core::{Function, LoggedBody, ReqwestUpstream, Upstream};
+use fal_proxy_core::{Function, Hints, LoggedBody, ReqwestUpstream, Upstream};
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use lambda_http::{Body, service_fn};
 use std::convert::Infallible;
 use std::fmt::Display;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// The largest request body the function accepts, in bytes.
 ///
@@ -31,6 +31,10 @@ use std::time::Instant;
 /// the event. A larger body the function gets to see is refused with the
 /// proxy's 413; one over Lambda's own limit never reaches the function.
 pub const MAX_BODY_BYTES: u64 = 4_500_000;
+
+/// Hints already written by this execution environment (once per origin,
+/// rate-limited).
+static HINTS: Hints = Hints::new();
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -62,9 +66,15 @@ where
 {
     let started = Instant::now();
     let response = function.handle(with_known_length(request)).await;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    if let Some(hint) = HINTS.line(&response, now) {
+        eprintln!("{hint}");
+    }
     // lambda_runtime 1.5 would write an upstream body error's text (which
     // names the upstream URL) into the body: end the stream there instead.
-    let mut response = LoggedBody::wrap(response, started, |line| eprintln!("fal-proxy: {line}"))
+    let mut response = LoggedBody::wrap(response, started, |line| eprintln!("{line}"))
         .map(LoggedBody::ending_on_error);
     // The body is re-framed on its way through the Runtime API.
     response.headers_mut().remove(CONTENT_LENGTH);

@@ -12,14 +12,18 @@
 //! `/`, unless `FAL_PROXY_PLAYGROUND=off`.
 //!
 //! It logs one line per request (method, target host and path, status,
-//! duration, bytes) and never a key. SIGTERM or Ctrl-C stops accepting,
-//! lets open requests finish for up to ten seconds, then exits.
+//! duration, bytes; the error, an unreachable upstream's cause, a refused
+//! origin) and never a key or a query, as text or, with
+//! `FAL_PROXY_LOG_FORMAT=json`, one JSON object per line; and a hint, once
+//! per origin, when a browser page is blocked by CORS. At start it says what
+//! a page on another origin needs. SIGTERM or Ctrl-C stops accepting, lets
+//! open requests finish for up to ten seconds, then exits.
 
 mod playground;
 
 use fal_proxy_core::{
-    Config, DrainOnDrop, LoggedBody, PROXY_PATH, Proxy, ProxyBody, ReqwestBody, ReqwestUpstream,
-    vars,
+    Config, DrainOnDrop, Hints, Level, LogFormat, LogLine, LoggedBody, PROXY_PATH, Proxy,
+    ProxyBody, ReqwestBody, ReqwestUpstream, vars,
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,7 +32,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 
 /// The host names a loopback-bound server answers to by default.
@@ -40,15 +44,24 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open requests may run on after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Hints already written (once per origin, rate-limited).
+static HINTS: Hints = Hints::new();
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("fal-proxy: {message}");
+            let format = LogFormat::from_lookup(|name| std::env::var(name).ok());
+            say(format, Level::Error, message);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes one line of the server's own to stderr, in the configured format.
+fn say(format: LogFormat, level: Level, message: impl Into<String>) {
+    eprintln!("{}", LogLine::message(level, message).render(format));
 }
 
 async fn run() -> Result<(), String> {
@@ -69,8 +82,9 @@ async fn run() -> Result<(), String> {
     let playground = playground::enabled(env(vars::PLAYGROUND).as_deref())?;
     let upstream = ReqwestUpstream::new(&config)
         .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+    let format = config.log_format();
     if let Some(warning) = config.upstream_warning() {
-        eprintln!("{warning}");
+        eprintln!("{}", warning.render(format));
     }
     let summary = config.summary();
     let proxy = Arc::new(Proxy::new(config, "native"));
@@ -80,15 +94,20 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
     let bound = listener.local_addr().map_err(|error| error.to_string())?;
-    eprintln!(
-        "fal-proxy: listening on http://{bound} (proxy at http://{bound}{PROXY_PATH}); {summary}"
+    say(
+        format,
+        Level::Info,
+        format!("listening on http://{bound} (proxy at http://{bound}{PROXY_PATH}); {summary}"),
     );
-    if playground {
-        eprintln!(
-            "fal-proxy: playground at http://{bound}/ ({}=off turns it off)",
-            vars::PLAYGROUND
-        );
-    }
+    let playground_url =
+        playground.then(|| format!("http://{bound}/ ({}=off turns it off)", vars::PLAYGROUND));
+    say(
+        format,
+        Level::Info,
+        proxy
+            .config()
+            .browser_summary(Some(&format!("http://{bound}")), playground_url.as_deref()),
+    );
 
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -101,7 +120,7 @@ async fn run() -> Result<(), String> {
                 let (stream, _) = match accepted {
                     Ok(connection) => connection,
                     Err(error) => {
-                        eprintln!("fal-proxy: accept failed: {error}");
+                        say(format, Level::Warn, format!("accept failed: {error}"));
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -118,13 +137,17 @@ async fn run() -> Result<(), String> {
         }
     }
     drop(listener);
-    eprintln!(
-        "fal-proxy: shutting down; waiting up to {}s for open requests",
-        DRAIN_TIMEOUT.as_secs()
+    say(
+        format,
+        Level::Info,
+        format!(
+            "shutting down; waiting up to {}s for open requests",
+            DRAIN_TIMEOUT.as_secs()
+        ),
     );
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => eprintln!("fal-proxy: open requests cut off"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => say(format, Level::Warn, "open requests cut off"),
     }
     Ok(())
 }
@@ -144,8 +167,14 @@ async fn handle(
     // A refused request's unread body is read out, so the browser gets the answer.
     let request = request.map(DrainOnDrop::new);
     let response = proxy.forward(upstream.as_ref(), request).await;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    if let Some(hint) = HINTS.line(&response, now) {
+        eprintln!("{hint}");
+    }
     Ok(LoggedBody::wrap(response, started, |line| {
-        eprintln!("fal-proxy: {line}")
+        eprintln!("{line}")
     }))
 }
 

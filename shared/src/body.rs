@@ -48,8 +48,9 @@ where
 }
 
 /// A response body on its way to the browser: counted, and the request's
-/// one log line handed to a sink when the body is finished or dropped (the
-/// browser went away). The sink is the target's: stderr, a platform logger.
+/// one log line (rendered in the configured format, ready to print as it
+/// is) handed to a sink when the body is finished or dropped (the browser
+/// went away). The sink is the target's: stderr, a platform logger.
 pub struct LoggedBody<B> {
     inner: ProxyBody<B>,
     exchange: Option<Exchange>,
@@ -148,11 +149,11 @@ where
 impl<B> Drop for LoggedBody<B> {
     fn drop(&mut self) {
         if let (Some(exchange), Some(sink)) = (self.exchange.take(), self.sink.take()) {
-            let mut line = exchange.log_line(self.status, self.started.elapsed(), self.bytes);
+            let mut line = exchange.log_record(self.status, self.started.elapsed(), self.bytes);
             if self.broken {
-                line.push_str(" body=broken_off");
+                line = line.text("body", "broken_off");
             }
-            sink(line);
+            sink(line.render(exchange.log_format()));
         }
     }
 }

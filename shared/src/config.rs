@@ -5,10 +5,13 @@
 //! Worker's `Env` on Cloudflare, a map in tests).
 
 use crate::cors::Cors;
+use crate::egress::EgressProxy;
 use crate::key::{ApiKey, KeyMode};
+use crate::log::{Level, LogFormat, LogLine};
 use crate::pattern::Glob;
 use crate::target::{DEFAULT_ALLOW_URLS, EndpointAllowList, UrlAllowList, UrlPattern};
 use std::fmt;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The default request body limit: 32 MiB.
@@ -43,6 +46,11 @@ pub mod vars {
     pub const UPSTREAM: &str = "FAL_PROXY_UPSTREAM";
     /// Native server only: `off` stops it serving the playground page at `/`.
     pub const PLAYGROUND: &str = "FAL_PROXY_PLAYGROUND";
+    /// `text` or `json`: how log lines are written.
+    pub const LOG_FORMAT: &str = "FAL_PROXY_LOG_FORMAT";
+    /// `1`: native targets send upstream requests through `HTTPS_PROXY`
+    /// (minus `NO_PROXY`).
+    pub const USE_ENV_PROXY: &str = "FAL_PROXY_USE_ENV_PROXY";
 }
 
 /// A setting that is present but wrong. Names the variable; never echoes a key.
@@ -70,7 +78,7 @@ impl ConfigError {
         )
     }
 
-    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(var: &'static str, reason: impl Into<String>) -> Self {
         Self {
             var,
             reason: reason.into(),
@@ -91,6 +99,8 @@ pub struct Config {
     pub(crate) max_body_bytes: u64,
     pub(crate) timeout: Duration,
     pub(crate) upstream: Option<String>,
+    pub(crate) log_format: LogFormat,
+    pub(crate) egress: Option<EgressProxy>,
 }
 
 impl fmt::Debug for Config {
@@ -114,6 +124,8 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("timeout", &self.timeout)
             .field("upstream", &self.upstream)
+            .field("log_format", &self.log_format)
+            .field("egress", &self.egress)
             .finish()
     }
 }
@@ -282,6 +294,9 @@ impl Config {
             Some(value) => Some(parse_upstream(value.trim())?),
         };
 
+        let log_format = LogFormat::parse(get(vars::LOG_FORMAT).as_deref())?;
+        let egress = EgressProxy::from_lookup(get)?;
+
         Ok(Self {
             server_key,
             key_mode,
@@ -293,6 +308,8 @@ impl Config {
             max_body_bytes,
             timeout,
             upstream,
+            log_format,
+            egress,
         })
     }
 
@@ -328,12 +345,37 @@ impl Config {
         self.upstream.as_deref()
     }
 
+    /// How log lines are written.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// The proxy for upstream requests, when `FAL_PROXY_USE_ENV_PROXY` is on.
+    pub fn egress_proxy(&self) -> Option<&EgressProxy> {
+        self.egress.as_ref()
+    }
+
+    /// What a browser page needs to use the proxy, in one sentence for the
+    /// start-up summary: CORS on or off, and for which origins; and where
+    /// the playground is, when the target serves one. `own_origin` is where
+    /// the proxy is served, when the target knows it.
+    pub fn browser_summary(&self, own_origin: Option<&str>, playground: Option<&str>) -> String {
+        let mut summary = crate::cors::browser_summary(self.cors.as_ref(), own_origin);
+        if let Some(url) = playground {
+            let _ = write!(summary, "; playground: {url}");
+        }
+        summary
+    }
+
     /// The warning a target logs once at start when the test seam is set.
-    pub fn upstream_warning(&self) -> Option<String> {
+    pub fn upstream_warning(&self) -> Option<LogLine> {
         self.upstream.as_ref().map(|origin| {
-            format!(
-                "fal-proxy: warning: {} is set: validated fal URLs are sent to {origin} instead of fal",
-                vars::UPSTREAM
+            LogLine::message(
+                Level::Warn,
+                format!(
+                    "{} is set: validated fal URLs are sent to {origin} instead of fal",
+                    vars::UPSTREAM
+                ),
             )
         })
     }
@@ -356,7 +398,12 @@ impl Config {
             None => "any".to_owned(),
             Some(hosts) => hosts.join(","),
         };
-        format!("key mode: {mode}; endpoints: {endpoints}; cors: {cors}; hosts: {hosts}")
+        let mut summary =
+            format!("key mode: {mode}; endpoints: {endpoints}; cors: {cors}; hosts: {hosts}");
+        if let Some(egress) = &self.egress {
+            let _ = write!(summary, "; egress: {egress}");
+        }
+        summary
     }
 }
 

@@ -80,6 +80,30 @@ impl Cors {
         Err(ProxyError::OriginNotAllowed)
     }
 
+    /// An allowed origin that differs from the refused `origin` only by its
+    /// loopback name (`http://localhost:5173` for `http://127.0.0.1:5173`):
+    /// to a browser they are different origins, a common local mix-up.
+    pub(crate) fn loopback_alias(&self, origin: &str) -> Option<String> {
+        let seen = url::Url::parse(origin).ok()?;
+        let is_loopback = |url: &url::Url| match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if !is_loopback(&seen) {
+            return None;
+        }
+        self.origins.iter().find_map(|allowed| {
+            let allowed_url = url::Url::parse(allowed).ok()?;
+            let alias = is_loopback(&allowed_url)
+                && allowed_url.scheme() == seen.scheme()
+                && allowed_url.port_or_known_default() == seen.port_or_known_default()
+                && allowed_url.host() != seen.host();
+            alias.then(|| allowed.clone())
+        })
+    }
+
     /// The answer to a preflight from an allowed origin.
     pub(crate) fn preflight(origin: Option<&HeaderValue>, headers: &HeaderMap) -> Response<Bytes> {
         let mut response = Response::new(Bytes::new());
@@ -151,8 +175,26 @@ fn allowed_request_headers(requested: Option<&HeaderValue>) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("content-type"))
 }
 
+/// What a browser page on another origin needs, for the start-up summary.
+pub(crate) fn browser_summary(cors: Option<&Cors>, own_origin: Option<&str>) -> String {
+    let here = own_origin.unwrap_or("the proxy's own origin");
+    let setting = crate::config::vars::ALLOWED_ORIGINS;
+    match cors {
+        None => format!(
+            "browsers: CORS is off, so only pages served from {here} can call the proxy; a page on another origin (such as a dev server on http://localhost:5173) needs {setting}=<that origin>, or its dev server's proxy option (README: Local development)"
+        ),
+        Some(cors) if cors.any => format!(
+            "browsers: CORS is on for any origin ({setting}=*): every web page can use this proxy, and its key"
+        ),
+        Some(cors) => format!(
+            "browsers: CORS is on for {} (exact scheme, host and port: localhost and 127.0.0.1 are different origins); pages served from {here} need nothing",
+            cors.origins.join(", ")
+        ),
+    }
+}
+
 /// A browser request from a page served by the proxy's own host.
-fn is_same_origin(origin: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn is_same_origin(origin: &str, headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -255,6 +297,46 @@ mod tests {
                 .map(|o| o.as_ref().map(|v| v.to_str().unwrap()));
             assert_eq!(got, expected.as_ref().map(|o| o.as_deref()), "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn loopback_aliases_are_spotted() {
+        let list = cors(&["http://localhost:5173", "https://app.example"]);
+        assert_eq!(
+            list.loopback_alias("http://127.0.0.1:5173").as_deref(),
+            Some("http://localhost:5173")
+        );
+        assert_eq!(
+            list.loopback_alias("http://[::1]:5173").as_deref(),
+            Some("http://localhost:5173")
+        );
+        for unrelated in [
+            "http://127.0.0.1:3000",
+            "https://127.0.0.1:5173",
+            "http://localhost:5173",
+            "http://app.example",
+            "null",
+        ] {
+            assert_eq!(list.loopback_alias(unrelated), None, "{unrelated}");
+        }
+    }
+
+    #[test]
+    fn browser_summary_says_what_a_page_needs() {
+        let off = browser_summary(None, Some("http://127.0.0.1:3000"));
+        assert!(off.contains("CORS is off"), "{off}");
+        assert!(off.contains("http://127.0.0.1:3000"), "{off}");
+        assert!(off.contains("FAL_PROXY_ALLOWED_ORIGINS"), "{off}");
+        let on = browser_summary(Some(&cors(&["http://localhost:5173"])), None);
+        assert!(on.contains("CORS is on for http://localhost:5173"), "{on}");
+        let any = browser_summary(Some(&cors(&["*"])), None);
+        assert!(any.contains("any origin"), "{any}");
+        let config = crate::Config::from_lookup(|_| None).unwrap();
+        let with_playground = config.browser_summary(None, Some("http://127.0.0.1:3000/"));
+        assert!(
+            with_playground.ends_with("; playground: http://127.0.0.1:3000/"),
+            "{with_playground}"
+        );
     }
 
     #[test]

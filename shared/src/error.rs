@@ -139,9 +139,10 @@ pub(crate) fn json_error(status: StatusCode, detail: &str, error_type: &str) -> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpstreamError {
-    /// Connecting failed (refused, DNS, TLS handshake).
-    #[error("upstream unreachable")]
-    Unreachable,
+    /// No answer could be had: the cause says why, as far as the client can
+    /// tell (logged as `cause=`, never sent to the browser).
+    #[error("upstream unreachable ({0})")]
+    Unreachable(Cause),
     /// No response head within the configured time.
     #[error("upstream timed out")]
     Timeout,
@@ -153,10 +154,46 @@ pub enum UpstreamError {
     BodyTooLarge,
 }
 
+impl UpstreamError {
+    /// Why an unreachable upstream could not be reached.
+    pub fn cause(self) -> Option<Cause> {
+        match self {
+            Self::Unreachable(cause) => Some(cause),
+            _ => None,
+        }
+    }
+}
+
+/// The class of network failure behind [`UpstreamError::Unreachable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The host name did not resolve.
+    #[error("dns")]
+    Dns,
+    /// The connection was refused or could not be opened (or a proxy in
+    /// between refused the tunnel).
+    #[error("connect")]
+    Connect,
+    /// The TLS handshake failed (an untrusted certificate, a TLS-inspecting
+    /// proxy whose root is not trusted, not TLS at all).
+    #[error("tls")]
+    Tls,
+    /// Connecting took too long.
+    #[error("timeout")]
+    Timeout,
+    /// The connection was reset before an answer arrived.
+    #[error("reset")]
+    Reset,
+    /// The client could not tell.
+    #[error("unknown")]
+    Unknown,
+}
+
 impl From<UpstreamError> for ProxyError {
     fn from(error: UpstreamError) -> Self {
         match error {
-            UpstreamError::Unreachable => Self::UpstreamUnreachable,
+            UpstreamError::Unreachable(_) => Self::UpstreamUnreachable,
             UpstreamError::Timeout => Self::UpstreamTimeout,
             UpstreamError::Broken => Self::UpstreamBroken,
             UpstreamError::BodyTooLarge => Self::BodyTooLarge,

@@ -2,15 +2,15 @@
 
 use crate::config::Config;
 use crate::cors::Cors;
-use crate::error::{ProxyError, UpstreamError};
+use crate::error::{Cause, ProxyError, UpstreamError};
 use crate::headers::{filter_response_headers, upstream_request_headers};
 use crate::info;
 use crate::key;
+use crate::log::{Hint, Level, LogFormat, LogLine, untrusted};
 use crate::target::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::time::Duration;
 
@@ -42,28 +42,42 @@ pub enum ProxyBody<B> {
 }
 
 /// What one request was, for the target's log line and the response phase.
-/// Holds no key and no header value other than the allowed CORS origin.
+/// Holds no key and no header value other than the allowed CORS origin and,
+/// sanitised for the log, a refused `Origin` or `Host`.
 #[derive(Debug, Clone)]
 pub struct Exchange {
     method: Method,
     target: Option<(String, String)>,
     cors_origin: Option<HeaderValue>,
     error: Option<ProxyError>,
+    /// Why the upstream was unreachable.
+    cause: Option<Cause>,
+    /// A refused request's `Origin` (or a CORS-off preflight's), sanitised.
+    origin: Option<String>,
+    /// A refused request's `Host`, sanitised.
+    host: Option<String>,
+    hint: Option<Hint>,
+    log_format: LogFormat,
 }
 
 impl Exchange {
-    fn new(method: Method) -> Self {
+    fn new(method: Method, log_format: LogFormat) -> Self {
         Self {
             method,
             target: None,
             cors_origin: None,
             error: None,
+            cause: None,
+            origin: None,
+            host: None,
+            hint: None,
+            log_format,
         }
     }
 
     #[cfg(test)]
     pub(crate) fn for_test() -> Self {
-        Self::new(Method::GET)
+        Self::new(Method::GET, LogFormat::Text)
     }
 
     /// The error the proxy answered with, if it answered by itself.
@@ -71,26 +85,60 @@ impl Exchange {
         self.error
     }
 
-    /// The one structured log line of a finished request: method, target
-    /// host and path (no query), status, duration, body bytes sent back.
-    pub fn log_line(&self, status: StatusCode, duration: Duration, bytes: u64) -> String {
-        let mut line = format!("method={}", self.method);
-        match &self.target {
-            Some((host, path)) => {
-                let _ = write!(line, " target={host}{path}");
-            }
-            None => line.push_str(" target=-"),
-        }
-        let _ = write!(
-            line,
-            " status={} duration_ms={} bytes={bytes}",
-            status.as_u16(),
-            duration.as_millis()
-        );
+    /// Why the upstream was unreachable, when it was.
+    pub fn cause(&self) -> Option<Cause> {
+        self.cause
+    }
+
+    /// What a developer should be told about this request, if anything
+    /// (a target writes it through its [`Hints`](crate::Hints)).
+    pub fn hint(&self) -> Option<&Hint> {
+        self.hint.as_ref()
+    }
+
+    /// The format the configuration asks log lines to be written in.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// The fields of a finished request's log line: method, target host and
+    /// path (no query), status, duration, body bytes sent back, then, when
+    /// there are, the error, the unreachable upstream's cause, and the
+    /// refused origin or host. Never a key or a query.
+    pub fn log_record(&self, status: StatusCode, duration: Duration, bytes: u64) -> LogLine {
+        let target = match &self.target {
+            Some((host, path)) => format!("{host}{path}"),
+            None => "-".to_owned(),
+        };
+        let mut line = LogLine::fields(Level::Info)
+            .text("method", self.method.as_str())
+            .text("target", target)
+            .number("status", u64::from(status.as_u16()))
+            .number(
+                "duration_ms",
+                u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            )
+            .number("bytes", bytes);
         if let Some(error) = self.error {
-            let _ = write!(line, " error={}", error.error_type());
+            line = line.text("error", error.error_type());
+        }
+        if let Some(cause) = self.cause {
+            line = line.text("cause", cause.to_string());
+        }
+        if let Some(origin) = &self.origin {
+            line = line.text("origin", origin.as_str());
+        }
+        if let Some(host) = &self.host {
+            line = line.text("host", host.as_str());
         }
         line
+    }
+
+    /// [`Exchange::log_record`] written in the configured format: the line a
+    /// target prints as it is.
+    pub fn log_line(&self, status: StatusCode, duration: Duration, bytes: u64) -> String {
+        self.log_record(status, duration, bytes)
+            .render(self.log_format)
     }
 }
 
@@ -150,6 +198,7 @@ impl Proxy {
                     exchange,
                 ),
                 Err(error) => {
+                    exchange.cause = error.cause();
                     let error = ProxyError::from(error);
                     exchange.error = Some(error);
                     (
@@ -167,7 +216,7 @@ impl Proxy {
     /// Phase 1: validates the browser's request and builds the upstream one,
     /// or decides the answer. Nothing is sent upstream for a `Respond`.
     pub fn request_filter<B>(&self, request: Request<B>) -> Decision<B> {
-        let mut exchange = Exchange::new(request.method().clone());
+        let mut exchange = Exchange::new(request.method().clone(), self.config.log_format);
         match self.check_request(&request, &mut exchange) {
             Ok(Checked::Forward(uri, authorization)) => {
                 let (parts, body) = request.into_parts();
@@ -185,6 +234,7 @@ impl Proxy {
                 Decision::Respond(response, exchange)
             }
             Ok(Checked::Preflight) => {
+                self.note_preflight(request.headers(), &mut exchange);
                 let mut response =
                     Cors::preflight(exchange.cors_origin.as_ref(), request.headers());
                 // An allowed origin's preflight carries its own `vary`.
@@ -195,9 +245,62 @@ impl Proxy {
             }
             Err(error) => {
                 exchange.error = Some(error);
+                self.note_refusal(request.headers(), &mut exchange);
                 let response = self.error_response(&exchange, error);
                 Decision::Respond(response, exchange)
             }
+        }
+    }
+
+    /// A cross-origin preflight while CORS is off: the browser will block
+    /// the page, so the log names the origin and the setting to add.
+    fn note_preflight(&self, headers: &http::HeaderMap, exchange: &mut Exchange) {
+        if self.config.cors.is_some() {
+            return;
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return;
+        };
+        if origin
+            .to_str()
+            .is_ok_and(|text| crate::cors::is_same_origin(text, headers))
+        {
+            return;
+        }
+        let origin = untrusted(origin.as_bytes());
+        exchange.hint = Some(Hint::CorsOff {
+            origin: origin.clone(),
+        });
+        exchange.origin = Some(origin);
+    }
+
+    /// A refused origin or host is named in the log line (sanitised: both
+    /// headers are the caller's to forge).
+    fn note_refusal(&self, headers: &http::HeaderMap, exchange: &mut Exchange) {
+        match exchange.error {
+            Some(ProxyError::OriginNotAllowed) => {
+                let origin = headers
+                    .get(header::ORIGIN)
+                    .map(|origin| untrusted(origin.as_bytes()));
+                if let Some(origin) = &origin {
+                    let loopback_alias = self
+                        .config
+                        .cors
+                        .as_ref()
+                        .and_then(|cors| cors.loopback_alias(origin));
+                    exchange.hint = Some(Hint::OriginRefused {
+                        origin: origin.clone(),
+                        loopback_alias,
+                    });
+                }
+                exchange.origin = origin;
+            }
+            Some(ProxyError::HostNotAllowed) => {
+                exchange.host = headers
+                    .get(header::HOST)
+                    .map(|host| untrusted(host.as_bytes()));
+            }
+            _ => {}
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::config::{Config, ConfigError};
 use crate::error::ProxyError;
 use crate::forward::{Proxy, ProxyBody, Upstream};
+use crate::log::{Level, LogFormat, LogLine};
 use http::{Request, Response};
 use std::fmt::Display;
 
@@ -32,7 +33,9 @@ pub enum Function<U> {
 impl<U> Function<U> {
     /// Parses the configuration through `lookup`, lowers the body limit to
     /// `platform_max_body` bytes, builds the client, and reports the outcome
-    /// in a few lines through `log` (never a key).
+    /// in a few lines through `log`, rendered in the configured format
+    /// (never a key): what is in force, and what a browser page on another
+    /// origin needs.
     pub fn start<E: Display>(
         lookup: impl Fn(&str) -> Option<String>,
         platform: &str,
@@ -40,11 +43,16 @@ impl<U> Function<U> {
         client: impl FnOnce(&Config) -> Result<U, E>,
         log: impl Fn(&str),
     ) -> Self {
+        let format = LogFormat::from_lookup(&lookup);
+        let say = |line: LogLine| log(&line.render(format));
         let mut config = match Config::from_lookup(lookup) {
             Ok(config) => config,
             Err(error) => {
-                log(&format!(
-                    "fal-proxy: {error}; every request is answered 500 invalid_configuration until it is fixed"
+                say(LogLine::message(
+                    Level::Error,
+                    format!(
+                        "{error}; every request is answered 500 invalid_configuration until it is fixed"
+                    ),
                 ));
                 return Self::Misconfigured(error);
             }
@@ -53,18 +61,28 @@ impl<U> Function<U> {
         let upstream = match client(&config) {
             Ok(upstream) => upstream,
             Err(error) => {
-                log(&format!("fal-proxy: cannot build the HTTP client: {error}"));
+                say(LogLine::message(
+                    Level::Error,
+                    format!("cannot build the HTTP client: {error}"),
+                ));
                 return Self::NoClient;
             }
         };
         if let Some(warning) = config.upstream_warning() {
-            log(&warning);
+            say(warning);
         }
-        log(&format!(
-            "fal-proxy: ready on {platform}; {}; body limit: {} bytes; upstream timeout: {} s",
-            config.summary(),
-            config.max_body_bytes(),
-            config.timeout().as_secs()
+        say(LogLine::message(
+            Level::Info,
+            format!(
+                "ready on {platform}; {}; body limit: {} bytes; upstream timeout: {} s",
+                config.summary(),
+                config.max_body_bytes(),
+                config.timeout().as_secs()
+            ),
+        ));
+        say(LogLine::message(
+            Level::Info,
+            config.browser_summary(None, None),
         ));
         Self::Ready {
             proxy: Proxy::new(config, platform),
@@ -162,6 +180,24 @@ mod tests {
                 .all(|l| l.contains("FAL_KEY") && !l.contains("value")),
             "{lines:?}"
         );
+
+        let (json, lines) = start(
+            &[("FAL_KEY", "id:secret"), ("FAL_PROXY_LOG_FORMAT", "json")],
+            true,
+        );
+        assert!(matches!(json, Function::Ready { .. }));
+        for line in &lines {
+            let parsed: serde_json::Value = serde_json::from_str(line).expect(line);
+            assert_eq!(parsed["level"], "info", "{line}");
+        }
+        assert!(lines.iter().any(|l| l.contains("CORS is off")), "{lines:?}");
+        let (bad_json, lines) = start(
+            &[("FAL_KEY_ID", "id"), ("FAL_PROXY_LOG_FORMAT", "json")],
+            true,
+        );
+        assert!(matches!(bad_json, Function::Misconfigured(_)));
+        let parsed: serde_json::Value = serde_json::from_str(&lines[0]).expect("json");
+        assert_eq!(parsed["level"], "error");
 
         let (no_client, _) = start(&[], false);
         assert!(matches!(no_client, Function::NoClient));

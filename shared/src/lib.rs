@@ -19,6 +19,13 @@
 //! becomes a response. The request phase also answers [`INFO_PATH`], the key
 //! mode a page on the same site (the playground) reads before it asks for a key.
 //!
+//! What is logged is decided here too, the same for every target: each
+//! request's [`Exchange`] renders its one line ([`LogLine`], `key=value`
+//! text or JSON per [`LogFormat`]), naming a refused origin and an
+//! unreachable upstream's [`Cause`], and carries a [`Hint`] for a developer
+//! (a page blocked by CORS), which a target writes through the [`Hints`] it
+//! owns, once per origin.
+//!
 //! This crate performs no I/O whatsoever: it reads no environment (settings
 //! come through [`Config::from_lookup`]), opens no socket, starts no timer,
 //! and never collects a body. Bodies are generic and moved through untouched,
@@ -69,12 +76,14 @@
 
 mod config;
 mod cors;
+mod egress;
 mod error;
 mod forward;
 mod function;
 mod headers;
 mod info;
 mod key;
+mod log;
 mod pattern;
 mod target;
 
@@ -88,12 +97,14 @@ mod test_support;
 mod upstream_reqwest;
 
 pub use config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, vars};
-pub use error::{ProxyError, UpstreamError};
+pub use egress::EgressProxy;
+pub use error::{Cause, ProxyError, UpstreamError};
 pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
 pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
+pub use log::{Hint, Hints, Level, LogFormat, LogLine};
 pub use target::{TARGET_URL_HEADER, Target};
 
 #[cfg(feature = "http-body")]

@@ -2,7 +2,7 @@
 
 use crate::body::{BoxError, is_body_limit_error, limit_body};
 use crate::config::Config;
-use crate::error::UpstreamError;
+use crate::error::{Cause, UpstreamError};
 use crate::forward::Upstream;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,9 +13,11 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One reqwest client, built once per process and shared by every request:
-/// rustls with the platform's roots, no redirects, no proxy from the
-/// environment, a connect timeout, and a time limit on the response head
-/// (never on the body, which may be a long stream).
+/// rustls with the platform's roots, no redirects, a connect timeout, and a
+/// time limit on the response head (never on the body, which may be a long
+/// stream). No proxy from the environment, unless the configuration says
+/// `FAL_PROXY_USE_ENV_PROXY=1`: then the `HTTPS_PROXY`, `HTTP_PROXY` and
+/// `NO_PROXY` it read.
 #[derive(Debug, Clone)]
 pub struct ReqwestUpstream {
     client: reqwest::Client,
@@ -29,14 +31,23 @@ impl ReqwestUpstream {
         // reqwest is built without a default crypto provider; use ring's.
         // An `Err` means a provider is installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        // `no_proxy` first: reqwest would otherwise read the environment itself.
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(egress) = config.egress_proxy() {
+            let except = egress.no_proxy().and_then(reqwest::NoProxy::from_string);
+            if let Some(url) = egress.https() {
+                builder = builder.proxy(reqwest::Proxy::https(url)?.no_proxy(except.clone()));
+            }
+            if let Some(url) = egress.http() {
+                builder = builder.proxy(reqwest::Proxy::http(url)?.no_proxy(except));
+            }
+        }
         Ok(Self {
-            client,
+            client: builder.build()?,
             head_timeout: config.timeout(),
             max_body_bytes: config.max_body_bytes(),
         })
@@ -65,22 +76,67 @@ where
 
 fn classify(error: &reqwest::Error) -> UpstreamError {
     if is_body_limit_error(error) {
-        UpstreamError::BodyTooLarge
+        return UpstreamError::BodyTooLarge;
+    }
+    let cause = cause_in_chain(error);
+    if error.is_connect() {
+        // reqwest's connect timeout is a connect error that is also a timeout.
+        let cause = if error.is_timeout() {
+            Cause::Timeout
+        } else {
+            cause.unwrap_or(Cause::Connect)
+        };
+        UpstreamError::Unreachable(cause)
     } else if error.is_timeout() {
         UpstreamError::Timeout
-    } else if error.is_connect() {
-        UpstreamError::Unreachable
+    } else if let Some(cause) = cause {
+        // A refused or reset connection that reqwest does not call a connect
+        // error (a pooled connection, a reset before the answer).
+        UpstreamError::Unreachable(cause)
     } else {
-        // Let a chain that ends in a refused connection still say so.
-        let mut source = error.source();
-        while let Some(cause) = source {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::ConnectionRefused
-            {
-                return UpstreamError::Unreachable;
-            }
-            source = cause.source();
-        }
         UpstreamError::Broken
+    }
+}
+
+/// The network cause named in an error's source chain, outermost first.
+fn cause_in_chain(error: &(dyn Error + 'static)) -> Option<Cause> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<rustls::Error>() {
+            return Some(Cause::Tls);
+        }
+        // hyper-util's connector says "dns error: ..." for a failed lookup;
+        // its error type is private, its message is the stable part.
+        if error.to_string().starts_with("dns error") {
+            return Some(Cause::Dns);
+        }
+        if let Some(cause) = error.downcast_ref::<std::io::Error>().and_then(io_cause) {
+            return Some(cause);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The cause an I/O error names. rustls reports a failed handshake as an
+/// I/O error around its own, and reqwest wraps that in another I/O error,
+/// whose `source()` skips the one inside: so look inside by hand.
+fn io_cause(io: &std::io::Error) -> Option<Cause> {
+    if let Some(inner) = io.get_ref() {
+        if inner.is::<rustls::Error>() {
+            return Some(Cause::Tls);
+        }
+        if let Some(cause) = inner.downcast_ref::<std::io::Error>().and_then(io_cause) {
+            return Some(cause);
+        }
+    }
+    use std::io::ErrorKind;
+    match io.kind() {
+        ErrorKind::ConnectionRefused => Some(Cause::Connect),
+        ErrorKind::TimedOut => Some(Cause::Timeout),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            Some(Cause::Reset)
+        }
+        _ => None,
     }
 }

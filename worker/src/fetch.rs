@@ -1,7 +1,7 @@
 //! The Worker's upstream: `worker::Fetch`, the runtime's own `fetch`.
 
 use crate::translate::{self, JsBody};
-use fal_proxy_core::{Config, Upstream, UpstreamError};
+use fal_proxy_core::{Cause, Config, Upstream, UpstreamError};
 use futures_util::future::{self, Either, select};
 use futures_util::stream;
 use http::header::CONTENT_LENGTH;
@@ -93,9 +93,45 @@ impl Upstream<JsBody> for FetchUpstream {
                 Err(failure)
             }
             // workerd reports a refused connection, a DNS or TLS failure and a
-            // reset alike: a rejected fetch with no response.
-            (Err(_), None) => Err(UpstreamError::Unreachable),
+            // reset alike: a rejected fetch with no response, told apart (as
+            // far as it can be) by its message.
+            (Err(error), None) => Err(UpstreamError::Unreachable(cause_of(&error))),
         }
+    }
+}
+
+/// The cause class of a rejected fetch, from the words of its error and the
+/// errors it was caused by (workerd has no error codes for these), or
+/// `unknown`, which is what workerd's own messages mostly allow. Only the
+/// class is logged, never the message, which may hold the URL.
+fn cause_of(error: &worker::Error) -> Cause {
+    let mut text = String::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        text.push_str(&error.to_string().to_ascii_lowercase());
+        text.push('\n');
+        current = error.source();
+    }
+    cause_of_message(&text)
+}
+
+fn cause_of_message(text: &str) -> Cause {
+    let has = |words: &[&str]| words.iter().any(|word| text.contains(word));
+    if has(&["dns", "lookup", "resolve", "no such host"]) {
+        Cause::Dns
+    } else if has(&["tls", "ssl", "certificate", "handshake"]) {
+        Cause::Tls
+    } else if has(&["refused", "unreachable", "connect()"]) {
+        Cause::Connect
+    } else if has(&["timed out", "timeout"]) {
+        Cause::Timeout
+    } else if has(&["reset"]) {
+        Cause::Reset
+    } else {
+        // Measured with wrangler 4.86's workerd: a refused connection and a
+        // failed TLS handshake both say "Network connection lost.", a failed
+        // lookup "internal error; reference = ...": nothing to tell apart.
+        Cause::Unknown
     }
 }
 

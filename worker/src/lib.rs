@@ -14,12 +14,18 @@
 //!
 //! It never answers with an uncaught error or a panic: a bad configuration
 //! is a JSON 500 naming the variable, every other failure is the core's JSON
-//! error. It never logs or returns a key.
+//! error. It never logs or returns a key. Log lines are the core's, as text
+//! or (`FAL_PROXY_LOG_FORMAT=json`) one JSON object per line, which Workers
+//! Logs index. `FAL_PROXY_USE_ENV_PROXY` has no effect here: the runtime's
+//! `fetch` has no proxy setting, and the summary says so.
 
 mod fetch;
 mod translate;
 
-use fal_proxy_core::{Config, ConfigError, Exchange, Proxy, ProxyBody, ProxyError};
+use fal_proxy_core::{
+    Config, ConfigError, Exchange, Hints, Level, LogFormat, LogLine, Proxy, ProxyBody, ProxyError,
+    vars,
+};
 use fetch::FetchUpstream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,6 +33,9 @@ use worker::{Context, Env, console_error, console_log, console_warn, event, js_s
 
 /// Set once this isolate has logged its configuration summary.
 static SUMMARY_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Hints already written by this isolate (once per origin, rate-limited).
+static HINTS: Hints = Hints::new();
 
 #[event(fetch)]
 async fn main(
@@ -38,7 +47,9 @@ async fn main(
     let started = js_sys::Date::now();
     let config = match Config::from_lookup(|name| lookup(&env, name)) {
         Ok(config) => config,
-        Err(error) => return config_error(&error),
+        Err(error) => {
+            return config_error(&error, LogFormat::from_lookup(|name| lookup(&env, name)));
+        }
     };
     if !SUMMARY_LOGGED.swap(true, Ordering::Relaxed) {
         log_summary(&config);
@@ -53,13 +64,14 @@ async fn main(
             .map(ProxyBody::Full),
     };
     // A float-to-int `as` saturates (and maps NaN to 0): it cannot panic.
-    let elapsed = Duration::from_millis((js_sys::Date::now() - started) as u64);
+    let now = js_sys::Date::now();
+    let elapsed = Duration::from_millis((now - started) as u64);
+    if let Some(hint) = HINTS.line(&response, Duration::from_millis(now as u64)) {
+        console_warn!("{hint}");
+    }
     if let Some(exchange) = response.extensions().get::<Exchange>() {
         let bytes = translate::known_length(&response);
-        console_log!(
-            "fal-proxy: {}",
-            exchange.log_line(response.status(), elapsed, bytes)
-        );
+        console_log!("{}", exchange.log_line(response.status(), elapsed, bytes));
     }
     translate::response_to_js(response)
 }
@@ -74,16 +86,34 @@ fn lookup(env: &Env, name: &str) -> Option<String> {
 }
 
 fn log_summary(config: &Config) {
-    console_log!("fal-proxy: {}", config.summary());
+    let format = config.log_format();
+    let line = |level, message: String| LogLine::message(level, message).render(format);
+    console_log!("{}", line(Level::Info, config.summary()));
+    console_log!("{}", line(Level::Info, config.browser_summary(None, None)));
     if let Some(warning) = config.upstream_warning() {
-        console_warn!("{warning}");
+        console_warn!("{}", warning.render(format));
+    }
+    if config.egress_proxy().is_some() {
+        console_warn!(
+            "{}",
+            line(
+                Level::Warn,
+                format!(
+                    "{} has no effect on Workers: fetch goes straight out",
+                    vars::USE_ENV_PROXY
+                )
+            )
+        );
     }
 }
 
 /// A bad setting: the core's JSON 500 naming the variable, never its value.
 /// The full reason (which never holds a key) goes to the Worker's log.
-fn config_error(error: &ConfigError) -> worker::Result<web_sys::Response> {
-    console_error!("fal-proxy: {error}");
+fn config_error(error: &ConfigError, format: LogFormat) -> worker::Result<web_sys::Response> {
+    console_error!(
+        "{}",
+        LogLine::message(Level::Error, error.to_string()).render(format)
+    );
     translate::response_to_js(
         error
             .to_response()

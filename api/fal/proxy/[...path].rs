@@ -19,11 +19,11 @@
 //! a key. The handler never returns an error, so Vercel never answers with
 //! its bare 500.
 
-use fal_proxy_core::{DrainOnDrop, Function, LoggedBody, ReqwestUpstream, vars};
+use fal_proxy_core::{DrainOnDrop, Function, Hints, LoggedBody, ReqwestUpstream, vars};
 use http::Response;
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::oneshot;
 use vercel_runtime::{AppState, Request, ResponseBody};
 
@@ -33,6 +33,9 @@ const VERCEL_MAX_BODY_BYTES: u64 = 4_500_000;
 /// The default wait for fal's response head: under `maxDuration` (300 s in
 /// vercel.json), so a slow fal gets the proxy's JSON 504, not Vercel's own.
 const DEFAULT_TIMEOUT_SECS: &str = "290";
+
+/// Hints already written by this instance (once per origin, rate-limited).
+static HINTS: Hints = Hints::new();
 
 #[tokio::main]
 async fn main() -> Result<(), vercel_runtime::Error> {
@@ -69,6 +72,12 @@ async fn handle(
     let started = Instant::now();
     // A refused request's unread body is read out, so the answer is not lost to a reset.
     let response = function.handle(request.map(DrainOnDrop::new)).await;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    if let Some(hint) = HINTS.line(&response, now) {
+        state.log_context.warn(&hint);
+    }
     // The log line goes to the runtime's log for this request, and the
     // request stays open (`wait_until`) until the body has ended, so the
     // runtime reports it finished only after a stream's last byte.
@@ -76,7 +85,7 @@ async fn handle(
     let context = state.log_context.clone();
     state.wait_until(async move {
         if let Ok(line) = receiver.await {
-            context.info(&format!("fal-proxy: {line}"));
+            context.info(&line);
         }
     });
     LoggedBody::wrap(response, started, move |line| {

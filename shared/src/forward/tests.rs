@@ -536,7 +536,7 @@ fn upstream_failures_map_to_gateway_errors() {
     let proxy = proxy(&[("FAL_KEY", SERVER_KEY)]);
     let cases = [
         (
-            UpstreamError::Unreachable,
+            UpstreamError::Unreachable(Cause::Connect),
             ProxyError::UpstreamUnreachable,
             502,
         ),
@@ -599,7 +599,7 @@ fn log_line_has_no_query_and_no_key() {
     let line = exchange.log_line(response.status(), Duration::from_millis(12), 34);
     assert_eq!(
         line,
-        "method=POST target=queue.fal.run/fal-ai/flux status=200 duration_ms=12 bytes=34"
+        "fal-proxy: method=POST target=queue.fal.run/fal-ai/flux status=200 duration_ms=12 bytes=34"
     );
     let refused = run(
         &proxy,
