@@ -15,7 +15,9 @@
 //! never its value. The handler never returns an `Err`, which Lambda would
 //! turn into a bare 502. It logs one line per request and never a key.
 
-use fal_proxy_core::{Function, Hints, LoggedBody, ReqwestUpstream, Upstream};
+use fal_proxy_core::{
+    Function, Hints, KeySetSource, LoggedBody, RequestContext, ReqwestUpstream, Upstream,
+};
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use lambda_http::{Body, service_fn};
@@ -62,10 +64,14 @@ fn cold_start<U, E: Display>(
 /// Answers one function-URL request. Never fails.
 async fn handle<U>(function: &Function<U>, request: Request<Body>) -> Response<LoggedBody<U::Body>>
 where
-    U: Upstream<Body>,
+    U: Upstream<Body> + KeySetSource,
 {
     let started = Instant::now();
-    let response = function.handle(with_known_length(request)).await;
+    let mut request = with_known_length(request);
+    request
+        .extensions_mut()
+        .insert(RequestContext::new(SystemTime::now(), None));
+    let response = function.handle(request).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

@@ -53,6 +53,15 @@ impl FakeFal {
     }
 }
 
+impl fal_proxy_core::KeySetSource for FakeFal {
+    async fn fetch_key_set(
+        &self,
+        _url: &str,
+    ) -> Result<fal_proxy_core::KeySetDocument, fal_proxy_core::KeySetError> {
+        Err(fal_proxy_core::KeySetError::Unreachable)
+    }
+}
+
 impl Upstream<Body> for FakeFal {
     type Body = FakeBody;
 

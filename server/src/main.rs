@@ -23,7 +23,7 @@ mod playground;
 
 use fal_proxy_core::{
     Config, DrainOnDrop, Hints, Level, LogFormat, LogLine, LoggedBody, PROXY_PATH, Proxy,
-    ProxyBody, ReqwestBody, ReqwestUpstream, vars,
+    ProxyBody, RequestContext, ReqwestBody, ReqwestUpstream, vars,
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -117,7 +117,7 @@ async fn run() -> Result<(), String> {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(connection) => connection,
                     Err(error) => {
                         say(format, Level::Warn, format!("accept failed: {error}"));
@@ -128,7 +128,8 @@ async fn run() -> Result<(), String> {
                 let _ = stream.set_nodelay(true);
                 let proxy = Arc::clone(&proxy);
                 let upstream = Arc::clone(&upstream);
-                let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), playground, request));
+                let client_ip = peer.ip();
+                let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), playground, client_ip, request));
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(connection);
@@ -156,6 +157,7 @@ async fn handle(
     proxy: Arc<Proxy>,
     upstream: Arc<ReqwestUpstream>,
     playground: bool,
+    client_ip: IpAddr,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<LoggedBody<ReqwestBody>>, std::convert::Infallible> {
     let started = Instant::now();
@@ -165,7 +167,10 @@ async fn handle(
         return Ok(LoggedBody::wrap(page.map(ProxyBody::Full), started, |_| {}));
     }
     // A refused request's unread body is read out, so the browser gets the answer.
-    let request = request.map(DrainOnDrop::new);
+    let mut request = request.map(DrainOnDrop::new);
+    request
+        .extensions_mut()
+        .insert(RequestContext::new(SystemTime::now(), Some(client_ip)));
     let response = proxy.forward(upstream.as_ref(), request).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

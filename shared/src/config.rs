@@ -4,6 +4,7 @@
 //! function that looks a name up (`std::env::var` on native targets, the
 //! Worker's `Env` on Cloudflare, a map in tests).
 
+use crate::auth::Auth;
 use crate::cors::Cors;
 use crate::egress::EgressProxy;
 use crate::key::{ApiKey, KeyMode};
@@ -51,6 +52,36 @@ pub mod vars {
     /// `1`: native targets send upstream requests through `HTTPS_PROXY`
     /// (minus `NO_PROXY`).
     pub const USE_ENV_PROXY: &str = "FAL_PROXY_USE_ENV_PROXY";
+    /// The auth provider's JWKS URL (app-user authentication).
+    pub const AUTH_JWKS_URL: &str = "FAL_PROXY_AUTH_JWKS_URL";
+    /// A shared HMAC secret for app-user tokens (HS256/384/512).
+    pub const AUTH_JWT_SECRET: &str = "FAL_PROXY_AUTH_JWT_SECRET";
+    /// Accepted token issuers (`iss`), comma-separated.
+    pub const AUTH_ISSUER: &str = "FAL_PROXY_AUTH_ISSUER";
+    /// Accepted token audiences (`aud`), comma-separated.
+    pub const AUTH_AUDIENCE: &str = "FAL_PROXY_AUTH_AUDIENCE";
+
+    /// Every setting the core reads, for a target that must notice when
+    /// they change (the Worker keeps its parsed configuration per isolate).
+    pub const ALL: &[&str] = &[
+        FAL_KEY,
+        FAL_KEY_ID,
+        FAL_KEY_SECRET,
+        KEY_MODE,
+        ALLOW_URLS,
+        ALLOW_ENDPOINTS,
+        ALLOWED_HOSTS,
+        ALLOWED_ORIGINS,
+        MAX_BODY_BYTES,
+        TIMEOUT_SECS,
+        UPSTREAM,
+        AUTH_JWKS_URL,
+        AUTH_JWT_SECRET,
+        AUTH_ISSUER,
+        AUTH_AUDIENCE,
+        LOG_FORMAT,
+        USE_ENV_PROXY,
+    ];
 }
 
 /// A setting that is present but wrong. Names the variable; never echoes a key.
@@ -101,6 +132,7 @@ pub struct Config {
     pub(crate) upstream: Option<String>,
     pub(crate) log_format: LogFormat,
     pub(crate) egress: Option<EgressProxy>,
+    pub(crate) auth: Option<Auth>,
 }
 
 impl fmt::Debug for Config {
@@ -126,6 +158,7 @@ impl fmt::Debug for Config {
             .field("upstream", &self.upstream)
             .field("log_format", &self.log_format)
             .field("egress", &self.egress)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -296,6 +329,7 @@ impl Config {
 
         let log_format = LogFormat::parse(get(vars::LOG_FORMAT).as_deref())?;
         let egress = EgressProxy::from_lookup(get)?;
+        let auth = Auth::from_lookup(get)?;
 
         Ok(Self {
             server_key,
@@ -310,7 +344,13 @@ impl Config {
             upstream,
             log_format,
             egress,
+            auth,
         })
+    }
+
+    /// Whether requests must carry an app user's bearer token.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// The key mode in force.
@@ -398,8 +438,16 @@ impl Config {
             None => "any".to_owned(),
             Some(hosts) => hosts.join(","),
         };
-        let mut summary =
-            format!("key mode: {mode}; endpoints: {endpoints}; cors: {cors}; hosts: {hosts}");
+        let auth = match &self.auth {
+            None if self.server_key.is_some() && self.key_mode != KeyMode::User => {
+                "off (anyone who can reach this proxy can spend FAL_KEY)".to_owned()
+            }
+            None => "off".to_owned(),
+            Some(auth) => auth.summary(),
+        };
+        let mut summary = format!(
+            "key mode: {mode}; endpoints: {endpoints}; cors: {cors}; hosts: {hosts}; auth: {auth}"
+        );
         if let Some(egress) = &self.egress {
             let _ = write!(summary, "; egress: {egress}");
         }
@@ -408,7 +456,7 @@ impl Config {
 }
 
 /// Splits a list setting on commas and white space.
-fn list(value: Option<String>) -> Vec<String> {
+pub(crate) fn list(value: Option<String>) -> Vec<String> {
     value
         .unwrap_or_default()
         .split(|c: char| c == ',' || c.is_whitespace())

@@ -43,6 +43,16 @@ pub enum ProxyError {
     /// The `x-fal-user-key` value cannot be a fal key.
     #[error("The x-fal-user-key header is not a valid fal API key.")]
     InvalidUserKey,
+    /// App-user authentication is on and the request has no valid bearer
+    /// token.
+    #[error(
+        "Sign in first: this proxy needs a valid token of a signed-in user (Authorization: Bearer <token>)."
+    )]
+    Unauthenticated,
+    /// App-user authentication is on and the provider's keys could not be
+    /// fetched (and none are cached).
+    #[error("The sign-in provider's keys could not be fetched; try again shortly.")]
+    AuthUnavailable,
     /// The request itself is malformed (for example a bad `content-length`).
     #[error("The request is malformed.")]
     InvalidRequest,
@@ -74,7 +84,8 @@ impl ProxyError {
             | Self::InvalidTargetUrl
             | Self::InvalidUserKey
             | Self::InvalidRequest => StatusCode::BAD_REQUEST,
-            Self::MissingUserKey => StatusCode::UNAUTHORIZED,
+            Self::MissingUserKey | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::TargetNotAllowed
             | Self::EndpointNotAllowed
             | Self::OriginNotAllowed
@@ -99,6 +110,8 @@ impl ProxyError {
             Self::HostNotAllowed => "host_not_allowed",
             Self::MissingUserKey => "missing_user_key",
             Self::InvalidUserKey => "invalid_user_key",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AuthUnavailable => "auth_unavailable",
             Self::InvalidRequest => "invalid_request",
             Self::BodyTooLarge => "body_too_large",
             Self::UpstreamUnreachable => "upstream_unreachable",
@@ -111,11 +124,19 @@ impl ProxyError {
     /// The error as a response: fal's error shape, so the fal client shows it.
     pub fn to_response(self) -> Response<Bytes> {
         let mut response = json_error(self.status(), &self.to_string(), self.error_type());
-        if self == Self::MethodNotAllowed {
-            response.headers_mut().insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS"),
-            );
+        match self {
+            Self::MethodNotAllowed => {
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS"),
+                );
+            }
+            Self::Unauthenticated => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
@@ -218,6 +239,8 @@ mod tests {
             ProxyError::HostNotAllowed,
             ProxyError::MissingUserKey,
             ProxyError::InvalidUserKey,
+            ProxyError::Unauthenticated,
+            ProxyError::AuthUnavailable,
             ProxyError::InvalidRequest,
             ProxyError::BodyTooLarge,
             ProxyError::UpstreamUnreachable,

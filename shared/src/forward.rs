@@ -1,5 +1,6 @@
 //! The proxy's phases, and the seam to a target's HTTP client.
 
+use crate::auth::{self, Bearer, Identity, KeySetSource};
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::error::{Cause, ProxyError, UpstreamError};
@@ -12,7 +13,8 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use std::future::Future;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
 
 /// The route the proxy serves, and every path below it.
 pub const PROXY_PATH: &str = "/api/fal/proxy";
@@ -41,9 +43,35 @@ pub enum ProxyBody<B> {
     Full(Bytes),
 }
 
+/// What the platform knows of a request beyond its HTTP head. A target
+/// puts one in each request's extensions; the core has no clock of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestContext {
+    /// When the request arrived, by the platform's wall clock.
+    pub received_at: SystemTime,
+    /// The client's address as the platform reports it, when it does.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl RequestContext {
+    /// A request that arrived at `received_at` from `client_ip`.
+    pub fn new(received_at: SystemTime, client_ip: Option<IpAddr>) -> Self {
+        Self {
+            received_at,
+            client_ip,
+        }
+    }
+
+    fn unix_secs(&self) -> u64 {
+        self.received_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs())
+    }
+}
+
 /// What one request was, for the target's log line and the response phase.
-/// Holds no key and no header value other than the allowed CORS origin and,
-/// sanitised for the log, a refused `Origin` or `Host`.
+/// Holds no key, no token and no header value other than the allowed CORS
+/// origin and, sanitised for the log, a refused `Origin` or `Host`.
 #[derive(Debug, Clone)]
 pub struct Exchange {
     method: Method,
@@ -58,6 +86,10 @@ pub struct Exchange {
     host: Option<String>,
     hint: Option<Hint>,
     log_format: LogFormat,
+    context: Option<RequestContext>,
+    /// The bearer token, between the request phase and authentication.
+    bearer: Option<Bearer>,
+    identity: Option<Identity>,
 }
 
 impl Exchange {
@@ -72,7 +104,15 @@ impl Exchange {
             host: None,
             hint: None,
             log_format,
+            context: None,
+            bearer: None,
+            identity: None,
         }
+    }
+
+    /// The verified app user, when authentication is on and passed.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     #[cfg(test)]
@@ -112,7 +152,11 @@ impl Exchange {
         };
         let mut line = LogLine::fields(Level::Info)
             .text("method", self.method.as_str())
-            .text("target", target)
+            .text("target", target);
+        if let Some(identity) = &self.identity {
+            line = line.text("user", identity.tag());
+        }
+        line = line
             .number("status", u64::from(status.as_u16()))
             .number(
                 "duration_ms",
@@ -178,45 +222,91 @@ impl Proxy {
         &self.config
     }
 
-    /// Runs every phase: the request filter, the upstream exchange, the
-    /// response filter. Never fails: every error becomes a response. The
-    /// [`Exchange`] is in the response's extensions for the target's log.
+    /// Runs every phase: the request filter, authentication, the upstream
+    /// exchange, the response filter. Never fails: every error becomes a
+    /// response. The [`Exchange`] is in the response's extensions for the
+    /// target's log. `upstream` also fetches the auth provider's key set.
     pub async fn forward<B, U>(
         &self,
         upstream: &U,
         request: Request<B>,
     ) -> Response<ProxyBody<U::Body>>
     where
-        U: Upstream<B>,
+        U: Upstream<B> + KeySetSource,
     {
         let (response, exchange) = match self.request_filter(request) {
             Decision::Respond(response, exchange) => (response.map(ProxyBody::Full), exchange),
-            Decision::Forward(request, mut exchange) => match upstream.send(request).await {
-                Ok(response) => (
-                    self.response_filter(&exchange, response)
-                        .map(ProxyBody::Upstream),
-                    exchange,
-                ),
-                Err(error) => {
-                    exchange.cause = error.cause();
-                    let error = ProxyError::from(error);
-                    exchange.error = Some(error);
-                    (
-                        self.error_response(&exchange, error).map(ProxyBody::Full),
-                        exchange,
-                    )
+            Decision::Forward(request, mut exchange) => {
+                match self.authenticate(upstream, &mut exchange).await {
+                    Ok(()) => self.send(upstream, request, exchange).await,
+                    Err(error) => {
+                        exchange.error = Some(error);
+                        let response = self.error_response(&exchange, error);
+                        (response.map(ProxyBody::Full), exchange)
+                    }
                 }
-            },
+            }
         };
         let mut response = response;
         response.extensions_mut().insert(exchange);
         response
     }
 
+    /// Sends a decided request and maps the outcome.
+    async fn send<B, U>(
+        &self,
+        upstream: &U,
+        request: Request<B>,
+        mut exchange: Exchange,
+    ) -> (Response<ProxyBody<U::Body>>, Exchange)
+    where
+        U: Upstream<B>,
+    {
+        match upstream.send(request).await {
+            Ok(response) => (
+                self.response_filter(&exchange, response)
+                    .map(ProxyBody::Upstream),
+                exchange,
+            ),
+            Err(error) => {
+                exchange.cause = error.cause();
+                let error = ProxyError::from(error);
+                exchange.error = Some(error);
+                (
+                    self.error_response(&exchange, error).map(ProxyBody::Full),
+                    exchange,
+                )
+            }
+        }
+    }
+
+    /// Phase 2, when app-user authentication is on: verifies the bearer
+    /// token the request phase took, fetching the provider's key set
+    /// through `keys` when needed, and records the user in the exchange.
+    /// A `Forward` decision must pass this before it is sent.
+    pub async fn authenticate<S: KeySetSource>(
+        &self,
+        keys: &S,
+        exchange: &mut Exchange,
+    ) -> Result<(), ProxyError> {
+        let Some(auth) = &self.config.auth else {
+            return Ok(());
+        };
+        let bearer = exchange.bearer.take().ok_or(ProxyError::Unauthenticated)?;
+        let now = exchange
+            .context
+            .as_ref()
+            .ok_or(ProxyError::Internal)?
+            .unix_secs();
+        exchange.identity = Some(auth.authenticate(&bearer, now, keys).await?);
+        Ok(())
+    }
+
     /// Phase 1: validates the browser's request and builds the upstream one,
     /// or decides the answer. Nothing is sent upstream for a `Respond`.
     pub fn request_filter<B>(&self, request: Request<B>) -> Decision<B> {
         let mut exchange = Exchange::new(request.method().clone(), self.config.log_format);
+        exchange.context = request.extensions().get::<RequestContext>().copied();
         match self.check_request(&request, &mut exchange) {
             Ok(Checked::Forward(uri, authorization)) => {
                 let (parts, body) = request.into_parts();
@@ -342,6 +432,9 @@ impl Proxy {
         ];
         if !forwarded.contains(method) {
             return Err(ProxyError::MethodNotAllowed);
+        }
+        if self.config.auth.is_some() {
+            exchange.bearer = Some(auth::bearer(request.headers())?);
         }
 
         let target = Target::from_headers(request.headers())?;

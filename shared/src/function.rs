@@ -1,5 +1,6 @@
 //! A serverless function's proxy, decided once per process.
 
+use crate::auth::KeySetSource;
 use crate::config::{Config, ConfigError};
 use crate::error::ProxyError;
 use crate::forward::{Proxy, ProxyBody, Upstream};
@@ -93,7 +94,7 @@ impl<U> Function<U> {
     /// Answers one request. Never fails.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody<U::Body>>
     where
-        U: Upstream<B>,
+        U: Upstream<B> + KeySetSource,
     {
         match self {
             Self::Ready { proxy, upstream } => proxy.forward(upstream, request).await,
@@ -116,6 +117,15 @@ mod tests {
         type Body = Bytes;
         async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
             Ok(Response::new(request.into_body()))
+        }
+    }
+
+    impl KeySetSource for Echo {
+        async fn fetch_key_set(
+            &self,
+            _url: &str,
+        ) -> Result<crate::auth::KeySetDocument, crate::auth::KeySetError> {
+            Err(crate::auth::KeySetError::Unreachable)
         }
     }
 

@@ -35,7 +35,9 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use fal_proxy_core::{Config, Proxy, ProxyBody, Upstream, UpstreamError};
+//! use fal_proxy_core::{
+//!     Config, KeySetDocument, KeySetError, KeySetSource, Proxy, ProxyBody, Upstream, UpstreamError,
+//! };
 //! use http::{Request, Response};
 //!
 //! /// An in-memory fal that answers every request with its own URL.
@@ -46,6 +48,13 @@
 //!     async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {
 //!         assert_eq!(request.headers()["authorization"], "Key id:secret");
 //!         Ok(Response::new(Bytes::from(request.uri().to_string())))
+//!     }
+//! }
+//!
+//! /// No app-user authentication here, so no key set is ever fetched.
+//! impl KeySetSource for EchoFal {
+//!     async fn fetch_key_set(&self, _url: &str) -> Result<KeySetDocument, KeySetError> {
+//!         Err(KeySetError::Unreachable)
 //!     }
 //! }
 //!
@@ -74,6 +83,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod config;
 mod cors;
 mod egress;
@@ -96,10 +106,13 @@ mod test_support;
 #[cfg(feature = "reqwest")]
 mod upstream_reqwest;
 
+pub use auth::{
+    Identity, KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES,
+};
 pub use config::{Config, ConfigError, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, vars};
 pub use egress::EgressProxy;
 pub use error::{Cause, ProxyError, UpstreamError};
-pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, Upstream};
+pub use forward::{Decision, Exchange, PROXY_PATH, Proxy, ProxyBody, RequestContext, Upstream};
 pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use info::INFO_PATH;

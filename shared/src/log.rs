@@ -471,6 +471,15 @@ mod proxy_tests {
 
     struct Failing(UpstreamError);
 
+    impl crate::KeySetSource for Failing {
+        async fn fetch_key_set(
+            &self,
+            _url: &str,
+        ) -> Result<crate::KeySetDocument, crate::KeySetError> {
+            Err(crate::KeySetError::Unreachable)
+        }
+    }
+
     impl Upstream<Bytes> for Failing {
         type Body = Bytes;
         async fn send(&self, _: Request<Bytes>) -> Result<Response<Bytes>, UpstreamError> {

@@ -1,5 +1,6 @@
 //! The upstream of the native targets: reqwest over rustls.
 
+use crate::auth::{KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES};
 use crate::body::{BoxError, is_body_limit_error, limit_body};
 use crate::config::Config;
 use crate::error::{Cause, UpstreamError};
@@ -71,6 +72,55 @@ where
             Ok(Err(error)) => Err(classify(&error)),
             Ok(Ok(response)) => Ok(Response::from(response)),
         }
+    }
+}
+
+/// The auth provider's key set, with the same client: no redirects, no
+/// proxy from the environment, the whole exchange within
+/// [`KEY_SET_TIMEOUT`], at most [`MAX_KEY_SET_BYTES`] read.
+impl KeySetSource for ReqwestUpstream {
+    async fn fetch_key_set(&self, url: &str) -> Result<KeySetDocument, KeySetError> {
+        let fetch = async {
+            let mut response = self
+                .client
+                .get(url)
+                .header(http::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|_| KeySetError::Unreachable)?;
+            if response.status() != http::StatusCode::OK {
+                return Err(KeySetError::Status);
+            }
+            if response
+                .content_length()
+                .is_some_and(|length| length > MAX_KEY_SET_BYTES as u64)
+            {
+                return Err(KeySetError::TooLarge);
+            }
+            let cache_control = response
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|_| KeySetError::Unreachable)?
+            {
+                if body.len() + chunk.len() > MAX_KEY_SET_BYTES {
+                    return Err(KeySetError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(KeySetDocument {
+                body: Bytes::from(body),
+                cache_control,
+            })
+        };
+        tokio::time::timeout(KEY_SET_TIMEOUT, fetch)
+            .await
+            .unwrap_or(Err(KeySetError::Timeout))
     }
 }
 

@@ -1,7 +1,11 @@
 //! The Worker's upstream: `worker::Fetch`, the runtime's own `fetch`.
 
 use crate::translate::{self, JsBody};
-use fal_proxy_core::{Cause, Config, Upstream, UpstreamError};
+use fal_proxy_core::{
+    Cause, Config, KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES,
+    Upstream, UpstreamError,
+};
+use futures_util::StreamExt as _;
 use futures_util::future::{self, Either, select};
 use futures_util::stream;
 use http::header::CONTENT_LENGTH;
@@ -132,6 +136,60 @@ fn cause_of_message(text: &str) -> Cause {
         // failed TLS handshake both say "Network connection lost.", a failed
         // lookup "internal error; reference = ...": nothing to tell apart.
         Cause::Unknown
+    }
+}
+
+/// The auth provider's key set, with the runtime's `fetch`: redirects not
+/// followed, the whole exchange within [`KEY_SET_TIMEOUT`] (then aborted),
+/// at most [`MAX_KEY_SET_BYTES`] read.
+impl KeySetSource for FetchUpstream {
+    async fn fetch_key_set(&self, url: &str) -> Result<KeySetDocument, KeySetError> {
+        let controller = web_sys::AbortController::new().map_err(|_| KeySetError::Unreachable)?;
+        let init = web_sys::RequestInit::new();
+        init.set_method("GET");
+        init.set_redirect(web_sys::RequestRedirect::Manual);
+        let request = web_sys::Request::new_with_str_and_init(url, &init)
+            .map_err(|_| KeySetError::Unreachable)?;
+        let signal = AbortSignal::from(controller.signal());
+        let fetch = async {
+            let mut response = Fetch::Request(worker::Request::from(request))
+                .send_with_signal(&signal)
+                .await
+                .map_err(|_| KeySetError::Unreachable)?;
+            if response.status_code() != 200 {
+                return Err(KeySetError::Status);
+            }
+            let header = |name: &str| response.headers().get(name).ok().flatten();
+            if header("content-length")
+                .and_then(|length| length.parse::<usize>().ok())
+                .is_some_and(|length| length > MAX_KEY_SET_BYTES)
+            {
+                return Err(KeySetError::TooLarge);
+            }
+            let cache_control = header("cache-control");
+            let mut body = Vec::new();
+            let mut chunks = response.stream().map_err(|_| KeySetError::Unreachable)?;
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|_| KeySetError::Unreachable)?;
+                if body.len() + chunk.len() > MAX_KEY_SET_BYTES {
+                    return Err(KeySetError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(KeySetDocument {
+                body: body.into(),
+                cache_control,
+            })
+        };
+        let fetch = pin!(fetch);
+        let deadline = pin!(Delay::from(KEY_SET_TIMEOUT));
+        match select(fetch, deadline).await {
+            Either::Left((fetched, _deadline)) => fetched,
+            Either::Right(((), _fetch)) => {
+                controller.abort();
+                Err(KeySetError::Timeout)
+            }
+        }
     }
 }
 

@@ -24,15 +24,27 @@ mod translate;
 
 use fal_proxy_core::{
     Config, ConfigError, Exchange, Hints, Level, LogFormat, LogLine, Proxy, ProxyBody, ProxyError,
-    vars,
+    RequestContext, vars,
 };
 use fetch::FetchUpstream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 use worker::{Context, Env, console_error, console_log, console_warn, event, js_sys, web_sys};
 
-/// Set once this isolate has logged its configuration summary.
-static SUMMARY_LOGGED: AtomicBool = AtomicBool::new(false);
+/// The proxy this isolate built, and the settings it was built from.
+struct Built {
+    settings: Vec<Option<String>>,
+    proxy: Proxy,
+    upstream: FetchUpstream,
+}
+
+thread_local! {
+    /// Kept for the isolate's life (and its JWKS cache with it); built again
+    /// only when a setting's value changes.
+    static BUILT: RefCell<Option<Rc<Built>>> = const { RefCell::new(None) };
+}
 
 /// Hints already written by this isolate (once per origin, rate-limited).
 static HINTS: Hints = Hints::new();
@@ -45,20 +57,28 @@ async fn main(
 ) -> worker::Result<web_sys::Response> {
     // `Instant` does not exist on wasm32-unknown-unknown; the JS clock does.
     let started = js_sys::Date::now();
-    let config = match Config::from_lookup(|name| lookup(&env, name)) {
-        Ok(config) => config,
+    let built = match built(&env) {
+        Ok(built) => built,
         Err(error) => {
             return config_error(&error, LogFormat::from_lookup(|name| lookup(&env, name)));
         }
     };
-    if !SUMMARY_LOGGED.swap(true, Ordering::Relaxed) {
-        log_summary(&config);
-    }
-    let upstream = FetchUpstream::new(&config);
-    let proxy = Proxy::new(config, "worker");
+    let (proxy, upstream) = (&built.proxy, &built.upstream);
 
     let response = match translate::request_from_js(&request) {
-        Some(request) => proxy.forward(&upstream, request).await,
+        Some(mut request) => {
+            // A float-to-int `as` saturates (and maps NaN to 0): it cannot panic.
+            let now = SystemTime::UNIX_EPOCH + Duration::from_millis(started as u64);
+            let client_ip = request
+                .headers()
+                .get("cf-connecting-ip")
+                .and_then(|ip| ip.to_str().ok())
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            request
+                .extensions_mut()
+                .insert(RequestContext::new(now, client_ip));
+            proxy.forward(upstream, request).await
+        }
         None => ProxyError::InvalidRequest
             .to_response()
             .map(ProxyBody::Full),
@@ -74,6 +94,29 @@ async fn main(
         console_log!("{}", exchange.log_line(response.status(), elapsed, bytes));
     }
     translate::response_to_js(response)
+}
+
+/// This isolate's proxy: the one built before while every setting has the
+/// value it was built from, else a new one (its summary logged).
+fn built(env: &Env) -> Result<Rc<Built>, ConfigError> {
+    let settings: Vec<Option<String>> = vars::ALL.iter().map(|name| lookup(env, name)).collect();
+    if let Some(built) = BUILT.with_borrow(|built| {
+        built
+            .as_ref()
+            .filter(|built| built.settings == settings)
+            .map(Rc::clone)
+    }) {
+        return Ok(built);
+    }
+    let config = Config::from_lookup(|name| lookup(env, name))?;
+    log_summary(&config);
+    let built = Rc::new(Built {
+        settings,
+        upstream: FetchUpstream::new(&config),
+        proxy: Proxy::new(config, "worker"),
+    });
+    BUILT.set(Some(Rc::clone(&built)));
+    Ok(built)
 }
 
 /// A setting from the Worker's environment: a secret (`wrangler secret put`)

@@ -19,7 +19,9 @@
 //! a key. The handler never returns an error, so Vercel never answers with
 //! its bare 500.
 
-use fal_proxy_core::{DrainOnDrop, Function, Hints, LoggedBody, ReqwestUpstream, vars};
+use fal_proxy_core::{
+    DrainOnDrop, Function, Hints, LoggedBody, RequestContext, ReqwestUpstream, vars,
+};
 use http::Response;
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -71,7 +73,11 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     // A refused request's unread body is read out, so the answer is not lost to a reset.
-    let response = function.handle(request.map(DrainOnDrop::new)).await;
+    let mut request = request.map(DrainOnDrop::new);
+    request
+        .extensions_mut()
+        .insert(RequestContext::new(SystemTime::now(), None));
+    let response = function.handle(request).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

@@ -36,6 +36,13 @@ impl FakeFal {
     }
 }
 
+/// The auth contract tests sign with the HMAC secret: no key set needed.
+impl KeySetSource for FakeFal {
+    async fn fetch_key_set(&self, _url: &str) -> Result<crate::KeySetDocument, crate::KeySetError> {
+        Err(crate::KeySetError::Unreachable)
+    }
+}
+
 impl Upstream<Bytes> for FakeFal {
     type Body = Bytes;
 
@@ -704,4 +711,168 @@ fn vary_origin_on_every_answer_when_cors_is_on() {
         &fal,
         request("POST", Some("https://fal.run/x"), &[])
     )));
+}
+
+const AUTH_SECRET: &str = "contract-test-secret-at-least-32-bytes";
+
+/// An HS256 token for `sub`, valid for an hour from now.
+fn hs256_token(sub: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{KeyInit, Mac};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({"sub": sub, "exp": now + 3600});
+    let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = hmac::Hmac::<sha2::Sha256>::new_from_slice(AUTH_SECRET.as_bytes())
+        .unwrap()
+        .chain_update(message.as_bytes())
+        .finalize()
+        .into_bytes();
+    format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn with_context(mut request: Request<Bytes>) -> Request<Bytes> {
+    request
+        .extensions_mut()
+        .insert(RequestContext::new(std::time::SystemTime::now(), None));
+    request
+}
+
+#[test]
+fn authentication_gates_every_forwarded_request() {
+    let proxy = proxy(&[
+        ("FAL_KEY", SERVER_KEY),
+        ("FAL_PROXY_AUTH_JWT_SECRET", AUTH_SECRET),
+        ("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example"),
+    ]);
+    let fal = FakeFal::ok();
+    let target = Some("https://fal.run/fal-ai/flux/dev");
+    let token = hs256_token("user-1");
+    let bearer = format!("Bearer {token}");
+
+    // No token, a bad one, a Basic header: 401 with `www-authenticate` and
+    // CORS, nothing upstream.
+    let expired_or_bad = format!("Bearer {}x", &token[..token.len() - 1]);
+    for headers in [
+        vec![("origin", "https://app.example")],
+        vec![
+            ("origin", "https://app.example"),
+            ("authorization", "Basic dTpw"),
+        ],
+        vec![
+            ("origin", "https://app.example"),
+            ("authorization", expired_or_bad.as_str()),
+        ],
+    ] {
+        let response = run(
+            &proxy,
+            &fal,
+            with_context(request("POST", target, &headers)),
+        );
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert_eq!(error_of(&response), Some(ProxyError::Unauthenticated));
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(
+            response.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert!(body_text(&response).contains("unauthenticated"));
+    }
+    assert_eq!(fal.count(), 0);
+
+    // A preflight never needs a token.
+    let preflight = run(
+        &proxy,
+        &fal,
+        with_context(request(
+            "OPTIONS",
+            None,
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "POST"),
+            ],
+        )),
+    );
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+
+    // A valid token passes; it is not forwarded, and the log line names the
+    // user by tag only.
+    let response = run(
+        &proxy,
+        &fal,
+        with_context(request("POST", target, &[("authorization", &bearer)])),
+    );
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = fal.seen.borrow();
+    assert_eq!(
+        seen[0].headers()["authorization"],
+        format!("Key {SERVER_KEY}")
+    );
+    let forwarded = format!("{:?}", seen[0].headers());
+    assert!(!forwarded.contains(&token), "the token went upstream");
+    let exchange = response.extensions().get::<Exchange>().unwrap();
+    let line = exchange.log_line(StatusCode::OK, std::time::Duration::ZERO, 0);
+    let tag = exchange.identity().unwrap().tag();
+    assert!(line.contains(&format!("user={tag}")), "{line}");
+    assert!(!line.contains(&token) && !line.contains("user-1"), "{line}");
+    assert!(!format!("{exchange:?}").contains(&token));
+}
+
+#[test]
+fn authentication_with_user_keys_and_without_a_clock() {
+    // A BYOK playground that also requires sign-in.
+    let proxy = proxy(&[
+        ("FAL_PROXY_KEY_MODE", "user"),
+        ("FAL_PROXY_AUTH_JWT_SECRET", AUTH_SECRET),
+    ]);
+    let fal = FakeFal::ok();
+    let target = Some("https://fal.run/fal-ai/flux/dev");
+    let bearer = format!("Bearer {}", hs256_token("user-2"));
+    let response = run(
+        &proxy,
+        &fal,
+        with_context(request(
+            "POST",
+            target,
+            &[
+                ("authorization", &bearer),
+                ("x-fal-user-key", "visitor:key"),
+            ],
+        )),
+    );
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        fal.seen.borrow()[0].headers()["authorization"],
+        "Key visitor:key"
+    );
+    let response = run(
+        &proxy,
+        &fal,
+        with_context(request(
+            "POST",
+            target,
+            &[("x-fal-user-key", "visitor:key")],
+        )),
+    );
+    assert_eq!(error_of(&response), Some(ProxyError::Unauthenticated));
+
+    // A target that forgot the request context fails closed.
+    let response = run(
+        &proxy,
+        &fal,
+        request(
+            "POST",
+            target,
+            &[
+                ("authorization", &bearer),
+                ("x-fal-user-key", "visitor:key"),
+            ],
+        ),
+    );
+    assert_eq!(error_of(&response), Some(ProxyError::Internal));
+    assert_eq!(fal.count(), 1);
 }

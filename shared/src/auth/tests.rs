@@ -1,0 +1,745 @@
+//! Table tests of token verification with real tokens, signed here with
+//! keys generated at test time (none is committed).
+
+use super::jwks::REFETCH_INTERVAL_SECS;
+use super::*;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use signature::{SignatureEncoding, Signer};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+const NOW: u64 = 1_800_000_000;
+const SECRET: &str = "a-test-hmac-secret-of-at-least-32-bytes!";
+const ISSUER: &str = "https://issuer.example";
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key made at test time, and its public JWK.
+enum TestKey {
+    Rsa(rsa::PrivateKey),
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+    Ed(ed25519_dalek::SigningKey),
+}
+
+fn seed(label: &str) -> [u8; 32] {
+    Sha256::digest(label.as_bytes()).into()
+}
+
+fn rsa_key() -> &'static rsa::PrivateKey {
+    static KEY: OnceLock<rsa::PrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap())
+}
+
+fn other_rsa_key() -> &'static rsa::PrivateKey {
+    static KEY: OnceLock<rsa::PrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| rsa::PrivateKey::new(&mut getrandom::SysRng, 2048).unwrap())
+}
+
+impl TestKey {
+    fn rsa() -> Self {
+        Self::Rsa(rsa_key().clone())
+    }
+    fn other_rsa() -> Self {
+        Self::Rsa(other_rsa_key().clone())
+    }
+    fn p256() -> Self {
+        Self::P256(p256::ecdsa::SigningKey::from_slice(&seed("p256")).unwrap())
+    }
+    fn p384() -> Self {
+        let mut bytes = [0u8; 48];
+        bytes[..32].copy_from_slice(&seed("p384"));
+        bytes[32..].copy_from_slice(&seed("p384 tail")[..16]);
+        Self::P384(p384::ecdsa::SigningKey::from_slice(&bytes).unwrap())
+    }
+    fn ed() -> Self {
+        Self::Ed(ed25519_dalek::SigningKey::from_bytes(&seed("ed25519")))
+    }
+
+    fn jwk(&self, kid: &str, alg: Option<&str>) -> Value {
+        use rsa::traits::PublicKeyParts as _;
+        let mut jwk = match self {
+            Self::Rsa(key) => {
+                let public = key.to_public_key();
+                json!({"kty": "RSA", "n": b64(&public.n_bytes()), "e": b64(&public.e_bytes())})
+            }
+            Self::P256(key) => {
+                let point = key.verifying_key().to_sec1_point(false);
+                let point = point.as_bytes();
+                json!({"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])})
+            }
+            Self::P384(key) => {
+                let point = key.verifying_key().to_sec1_point(false);
+                let point = point.as_bytes();
+                json!({"kty": "EC", "crv": "P-384", "x": b64(&point[1..49]), "y": b64(&point[49..97])})
+            }
+            Self::Ed(key) => {
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64(key.verifying_key().as_bytes())})
+            }
+        };
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        if let Some(alg) = alg {
+            jwk["alg"] = json!(alg);
+        }
+        jwk
+    }
+
+    fn sign(&self, alg: &str, message: &[u8]) -> Vec<u8> {
+        use sha2::{Sha384, Sha512};
+        match (self, alg) {
+            (Self::Rsa(key), "RS256") => rsa::pkcs1v15::SigningKey::<Sha256>::new(key.clone())
+                .sign(message)
+                .to_vec(),
+            (Self::Rsa(key), "RS384") => rsa::pkcs1v15::SigningKey::<Sha384>::new(key.clone())
+                .sign(message)
+                .to_vec(),
+            (Self::Rsa(key), "RS512") => rsa::pkcs1v15::SigningKey::<Sha512>::new(key.clone())
+                .sign(message)
+                .to_vec(),
+            (Self::Rsa(key), "PS256") => rsa::pss::SigningKey::<Sha256>::new(key.clone())
+                .sign(message)
+                .to_vec(),
+            (Self::Rsa(key), "PS384") => rsa::pss::SigningKey::<Sha384>::new(key.clone())
+                .sign(message)
+                .to_vec(),
+            (Self::Rsa(key), "PS512") => rsa::pss::SigningKey::<Sha512>::new(key.clone())
+                .sign(message)
+                .to_vec(),
+            (Self::P256(key), "ES256") => {
+                let signature: p256::ecdsa::Signature = key.sign(message);
+                signature.to_bytes().to_vec()
+            }
+            (Self::P384(key), "ES384") => {
+                let signature: p384::ecdsa::Signature = key.sign(message);
+                signature.to_bytes().to_vec()
+            }
+            (Self::Ed(key), "EdDSA") => key.sign(message).to_bytes().to_vec(),
+            _ => panic!("no {alg} with this key"),
+        }
+    }
+}
+
+fn hmac(alg: &str, secret: &[u8], message: &[u8]) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    use sha2::{Sha384, Sha512};
+    match alg {
+        "HS256" => hmac::Hmac::<Sha256>::new_from_slice(secret)
+            .unwrap()
+            .chain_update(message)
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+        "HS384" => hmac::Hmac::<Sha384>::new_from_slice(secret)
+            .unwrap()
+            .chain_update(message)
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+        "HS512" => hmac::Hmac::<Sha512>::new_from_slice(secret)
+            .unwrap()
+            .chain_update(message)
+            .finalize()
+            .into_bytes()
+            .to_vec(),
+        _ => panic!("not an HMAC alg: {alg}"),
+    }
+}
+
+/// `header.payload.signature` from JSON values and a signing function.
+fn token_with(header: &Value, claims: &Value, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+    let message = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = sign(message.as_bytes());
+    format!("{message}.{}", b64(&signature))
+}
+
+fn claims() -> Value {
+    json!({"sub": "user-123", "iss": ISSUER, "aud": "my-app", "exp": NOW + 600, "iat": NOW - 10})
+}
+
+fn signed(key: &TestKey, alg: &str, kid: &str, claims: &Value) -> String {
+    token_with(
+        &json!({"alg": alg, "typ": "JWT", "kid": kid}),
+        claims,
+        |m| key.sign(alg, m),
+    )
+}
+
+fn hs(alg: &str, claims: &Value) -> String {
+    token_with(&json!({"alg": alg, "typ": "JWT"}), claims, |m| {
+        hmac(alg, SECRET.as_bytes(), m)
+    })
+}
+
+/// A JWKS URL's answers, scripted; counts fetches.
+struct FakeProvider {
+    documents: RefCell<Vec<Result<KeySetDocument, KeySetError>>>,
+
+    fetches: Cell<usize>,
+}
+
+impl FakeProvider {
+    fn serving(jwks: Value) -> Self {
+        let provider = Self {
+            documents: RefCell::new(Vec::new()),
+            fetches: Cell::new(0),
+        };
+        provider.then(Ok(jwks));
+        provider
+    }
+
+    /// What every later fetch gets.
+    fn then(&self, next: Result<Value, KeySetError>) {
+        *self.documents.borrow_mut() = vec![next.map(|jwks| KeySetDocument {
+            body: Bytes::from(jwks.to_string()),
+            cache_control: Some("max-age=600".to_owned()),
+        })];
+    }
+}
+
+use bytes::Bytes;
+
+impl KeySetSource for FakeProvider {
+    async fn fetch_key_set(&self, url: &str) -> Result<KeySetDocument, KeySetError> {
+        assert_eq!(url, "https://issuer.example/.well-known/jwks.json");
+        self.fetches.set(self.fetches.get() + 1);
+        self.documents.borrow()[0].clone()
+    }
+}
+
+fn auth_from(pairs: &[(&str, &str)]) -> Auth {
+    let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+    Auth::from_lookup(|name| map.get(name).map(|v| (*v).to_owned()))
+        .unwrap()
+        .expect("auth on")
+}
+
+fn jwks_auth() -> Auth {
+    auth_from(&[
+        (
+            "FAL_PROXY_AUTH_JWKS_URL",
+            "https://issuer.example/.well-known/jwks.json",
+        ),
+        ("FAL_PROXY_AUTH_JWT_SECRET", SECRET),
+        ("FAL_PROXY_AUTH_ISSUER", ISSUER),
+        ("FAL_PROXY_AUTH_AUDIENCE", "other-app, my-app"),
+    ])
+}
+
+fn run<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+fn verify_at(
+    auth: &Auth,
+    provider: &FakeProvider,
+    token: &str,
+    now: u64,
+) -> Result<Identity, ProxyError> {
+    run(auth.authenticate(&Bearer(token.to_owned()), now, provider))
+}
+
+fn all_keys_jwks() -> Value {
+    json!({"keys": [
+        TestKey::rsa().jwk("rsa", None),
+        TestKey::p256().jwk("p256", Some("ES256")),
+        TestKey::p384().jwk("p384", None),
+        TestKey::ed().jwk("ed", Some("EdDSA")),
+    ]})
+}
+
+#[test]
+fn every_algorithm_verifies() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(all_keys_jwks());
+    let cases: Vec<(String, &str)> = vec![
+        (signed(&TestKey::rsa(), "RS256", "rsa", &claims()), "RS256"),
+        (signed(&TestKey::rsa(), "RS384", "rsa", &claims()), "RS384"),
+        (signed(&TestKey::rsa(), "RS512", "rsa", &claims()), "RS512"),
+        (signed(&TestKey::rsa(), "PS256", "rsa", &claims()), "PS256"),
+        (signed(&TestKey::rsa(), "PS384", "rsa", &claims()), "PS384"),
+        (signed(&TestKey::rsa(), "PS512", "rsa", &claims()), "PS512"),
+        (
+            signed(&TestKey::p256(), "ES256", "p256", &claims()),
+            "ES256",
+        ),
+        (
+            signed(&TestKey::p384(), "ES384", "p384", &claims()),
+            "ES384",
+        ),
+        (signed(&TestKey::ed(), "EdDSA", "ed", &claims()), "EdDSA"),
+        (hs("HS256", &claims()), "HS256"),
+        (hs("HS384", &claims()), "HS384"),
+        (hs("HS512", &claims()), "HS512"),
+    ];
+    for (token, alg) in cases {
+        let identity =
+            verify_at(&auth, &provider, &token, NOW).unwrap_or_else(|e| panic!("{alg}: {e:?}"));
+        assert_eq!(identity.subject(), "user-123", "{alg}");
+    }
+    assert_eq!(provider.fetches.get(), 1, "one fetch for every token");
+}
+
+#[test]
+fn times_are_checked_with_60_seconds_of_leeway() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(all_keys_jwks());
+    let with = |changes: Value| {
+        let mut claims = claims();
+        for (name, value) in changes.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(name);
+            } else {
+                claims[name] = value.clone();
+            }
+        }
+        signed(&TestKey::ed(), "EdDSA", "ed", &claims)
+    };
+    let cases = [
+        (json!({"exp": NOW + 1}), true),
+        (json!({"exp": NOW - 59}), true),
+        (json!({"exp": NOW - 60}), false),
+        (json!({"exp": NOW - 3600}), false),
+        (json!({"exp": null}), false),
+        (json!({"exp": "tomorrow"}), false),
+        (json!({"exp": -5}), false),
+        (json!({"exp": (NOW + 10) as f64 + 0.5}), true),
+        (json!({"nbf": NOW + 60}), true),
+        (json!({"nbf": NOW + 61}), false),
+        (json!({"nbf": "soon"}), false),
+        (json!({"iat": NOW + 60}), true),
+        (json!({"iat": NOW + 3600}), false),
+        (json!({"iat": null}), true),
+    ];
+    for (changes, ok) in cases {
+        let result = verify_at(&auth, &provider, &with(changes.clone()), NOW);
+        assert_eq!(result.is_ok(), ok, "{changes} → {result:?}");
+        if !ok {
+            assert_eq!(result, Err(ProxyError::Unauthenticated));
+        }
+    }
+}
+
+#[test]
+fn issuer_audience_and_subject() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(all_keys_jwks());
+    let with = |name: &str, value: Value| {
+        let mut claims = claims();
+        if value.is_null() {
+            claims.as_object_mut().unwrap().remove(name);
+        } else {
+            claims[name] = value;
+        }
+        hs("HS256", &claims)
+    };
+    let cases = [
+        ("iss", json!("https://issuer.example/"), false),
+        ("iss", json!("https://evil.example"), false),
+        ("iss", Value::Null, false),
+        ("aud", json!("other-app"), true),
+        ("aud", json!(["x", "my-app"]), true),
+        ("aud", json!(["x", "y"]), false),
+        ("aud", json!("MY-APP"), false),
+        ("aud", Value::Null, false),
+        ("aud", json!(5), false),
+        ("sub", Value::Null, false),
+        ("sub", json!(""), false),
+        ("sub", json!(42), false),
+        ("sub", json!("x".repeat(300)), false),
+    ];
+    for (name, value, ok) in cases {
+        let result = verify_at(&auth, &provider, &with(name, value.clone()), NOW);
+        assert_eq!(result.is_ok(), ok, "{name}={value} → {result:?}");
+    }
+
+    // Without issuer and audience settings, neither is checked.
+    let lax = auth_with_secret_only();
+    let mut claims = claims();
+    claims.as_object_mut().unwrap().remove("iss");
+    claims.as_object_mut().unwrap().remove("aud");
+    assert!(verify_at(&lax, &provider, &hs("HS256", &claims), NOW).is_ok());
+}
+
+fn auth_with_secret_only() -> Auth {
+    auth_from(&[("FAL_PROXY_AUTH_JWT_SECRET", SECRET)])
+}
+
+#[test]
+fn forged_confused_and_malformed_tokens_are_refused() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(all_keys_jwks());
+    let good = signed(&TestKey::rsa(), "RS256", "rsa", &claims());
+    let (header, rest) = good.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    let rsa_jwk = TestKey::rsa().jwk("rsa", None);
+
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!("{}.{payload}.", b64(br#"{"alg":"none"}"#)),
+        ),
+        (
+            "alg none with a signature",
+            format!(
+                "{}.{payload}.{signature}",
+                b64(br#"{"alg":"none","kid":"rsa"}"#)
+            ),
+        ),
+        (
+            "HMAC signed with the RSA public key (n) as the secret",
+            token_with(&json!({"alg": "HS256", "kid": "rsa"}), &claims(), |m| {
+                hmac("HS256", rsa_jwk["n"].as_str().unwrap().as_bytes(), m)
+            }),
+        ),
+        (
+            "HMAC signed with the JWK JSON as the secret",
+            token_with(&json!({"alg": "HS256", "kid": "rsa"}), &claims(), |m| {
+                hmac("HS256", rsa_jwk.to_string().as_bytes(), m)
+            }),
+        ),
+        (
+            "a key from another JWKS",
+            signed(&TestKey::other_rsa(), "RS256", "rsa", &claims()),
+        ),
+        (
+            "an unknown kid",
+            signed(&TestKey::other_rsa(), "RS256", "not-there", &claims()),
+        ),
+        (
+            "ES256 with the RSA key's kid",
+            signed(&TestKey::p256(), "ES256", "rsa", &claims()),
+        ),
+        (
+            "RS384 where the key declares ES256",
+            signed(&TestKey::rsa(), "RS384", "p256", &claims()),
+        ),
+        (
+            "tampered payload",
+            format!(
+                "{header}.{}.{signature}",
+                b64(
+                    json!({"sub": "admin", "exp": NOW + 600, "iss": ISSUER, "aud": "my-app"})
+                        .to_string()
+                        .as_bytes()
+                )
+            ),
+        ),
+        (
+            "tampered header",
+            format!(
+                "{}.{payload}.{signature}",
+                b64(br#"{"alg":"RS512","kid":"rsa"}"#)
+            ),
+        ),
+        (
+            "crit header",
+            token_with(
+                &json!({"alg": "HS256", "crit": ["exp"], "exp": 1}),
+                &claims(),
+                |m| hmac("HS256", SECRET.as_bytes(), m),
+            ),
+        ),
+        (
+            "wrong HMAC secret",
+            token_with(&json!({"alg": "HS256"}), &claims(), |m| {
+                hmac("HS256", b"another-secret-another-secret-another", m)
+            }),
+        ),
+        ("two parts", format!("{header}.{payload}")),
+        ("four parts", format!("{good}.{signature}")),
+        ("empty signature", format!("{header}.{payload}.")),
+        ("not base64", format!("{header}.{payload}.!!!")),
+        (
+            "header not JSON",
+            format!("{}.{payload}.{signature}", b64(b"alg")),
+        ),
+        (
+            "header an array",
+            format!("{}.{payload}.{signature}", b64(b"[]")),
+        ),
+        (
+            "payload not JSON",
+            format!("{header}.{}.{signature}", b64(b"sub")),
+        ),
+        (
+            "kid a number",
+            format!(
+                "{}.{payload}.{signature}",
+                b64(br#"{"alg":"RS256","kid":1}"#)
+            ),
+        ),
+        (
+            "unknown alg",
+            format!("{}.{payload}.{signature}", b64(br#"{"alg":"ES512"}"#)),
+        ),
+        ("empty", String::new()),
+    ];
+    cases.push(("padding", format!("{good}==")));
+    for (name, token) in cases {
+        assert_eq!(
+            verify_at(&auth, &provider, &token, NOW),
+            Err(ProxyError::Unauthenticated),
+            "{name}"
+        );
+    }
+
+    // HMAC tokens are refused when only a JWKS is configured, and
+    // asymmetric ones when only a secret is.
+    let jwks_only = auth_from(&[(
+        "FAL_PROXY_AUTH_JWKS_URL",
+        "https://issuer.example/.well-known/jwks.json",
+    )]);
+    assert_eq!(
+        verify_at(&jwks_only, &provider, &hs("HS256", &claims()), NOW),
+        Err(ProxyError::Unauthenticated)
+    );
+    assert_eq!(
+        verify_at(&auth_with_secret_only(), &provider, &good, NOW),
+        Err(ProxyError::Unauthenticated)
+    );
+}
+
+#[test]
+fn a_key_set_never_verifies_hmac_nor_keys_it_declares_for_other_algorithms() {
+    // An `oct` key in a JWKS is ignored: the HS256 token made with it fails.
+    let auth = auth_from(&[(
+        "FAL_PROXY_AUTH_JWKS_URL",
+        "https://issuer.example/.well-known/jwks.json",
+    )]);
+    let provider = FakeProvider::serving(json!({"keys": [
+        {"kty": "oct", "kid": "k", "k": b64(SECRET.as_bytes()), "alg": "HS256"},
+        TestKey::ed().jwk("ed", None),
+        TestKey::rsa().jwk("enc", None).as_object().cloned().map(|mut k| { k.insert("use".into(), json!("enc")); Value::Object(k) }).unwrap(),
+        {"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": b64(&[1; 16])},
+    ]}));
+    let hmac_token = token_with(&json!({"alg": "HS256", "kid": "k"}), &claims(), |m| {
+        hmac("HS256", SECRET.as_bytes(), m)
+    });
+    assert_eq!(
+        verify_at(&auth, &provider, &hmac_token, NOW),
+        Err(ProxyError::Unauthenticated)
+    );
+    let enc = signed(&TestKey::rsa(), "RS256", "enc", &claims());
+    assert_eq!(
+        verify_at(&auth, &provider, &enc, NOW),
+        Err(ProxyError::Unauthenticated)
+    );
+    let short = signed(&TestKey::ed(), "EdDSA", "short", &claims());
+    assert_eq!(
+        verify_at(&auth, &provider, &short, NOW),
+        Err(ProxyError::Unauthenticated)
+    );
+    assert!(
+        verify_at(
+            &auth,
+            &provider,
+            &signed(&TestKey::ed(), "EdDSA", "ed", &claims()),
+            NOW
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn rotation_unknown_kids_and_a_provider_that_is_down() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(json!({"keys": [TestKey::ed().jwk("old", None)]}));
+    let old = signed(&TestKey::ed(), "EdDSA", "old", &claims());
+    assert!(verify_at(&auth, &provider, &old, NOW).is_ok());
+    assert_eq!(provider.fetches.get(), 1);
+
+    // The provider publishes a new key; a token signed with it arrives.
+    provider.then(Ok(
+        json!({"keys": [TestKey::ed().jwk("old", None), TestKey::p256().jwk("new", None)]}),
+    ));
+    let new = signed(&TestKey::p256(), "ES256", "new", &claims());
+    // Within the refetch interval the unknown kid is refused without a fetch...
+    assert_eq!(
+        verify_at(&auth, &provider, &new, NOW + 1),
+        Err(ProxyError::Unauthenticated)
+    );
+    assert_eq!(provider.fetches.get(), 1);
+    // ...after it, one refetch brings the new key.
+    let later = NOW + REFETCH_INTERVAL_SECS;
+    let r = verify_at(&auth, &provider, &new, later);
+    assert!(r.is_ok(), "{r:?} after {} fetches", provider.fetches.get());
+    assert_eq!(provider.fetches.get(), 2);
+
+    // A stream of garbage kids costs at most one fetch per interval.
+    for i in 0..50 {
+        let garbage = signed(
+            &TestKey::p256(),
+            "ES256",
+            &format!("garbage-{i}"),
+            &claims(),
+        );
+        let _ = verify_at(&auth, &provider, &garbage, later + 1 + i / 10);
+    }
+    assert_eq!(
+        provider.fetches.get(),
+        3,
+        "one refetch for 50 garbage kids within 5 s"
+    );
+
+    // The provider goes down: cached keys keep working, stale or not.
+    provider.then(Err(KeySetError::Timeout));
+    let stale = later + 24 * 3600;
+    let mut long_lived = claims();
+    long_lived["exp"] = json!(stale + 600);
+    let old = signed(&TestKey::ed(), "EdDSA", "old", &long_lived);
+    let new = signed(&TestKey::p256(), "ES256", "new", &long_lived);
+    assert!(verify_at(&auth, &provider, &old, stale).is_ok());
+    assert_eq!(
+        provider.fetches.get(),
+        4,
+        "a stale set is refreshed, and kept when that fails"
+    );
+    assert!(verify_at(&auth, &provider, &new, stale + 1).is_ok());
+    assert_eq!(provider.fetches.get(), 4, "no retry within the interval");
+}
+
+#[test]
+fn no_keys_and_a_provider_that_is_down_is_unavailable_not_unauthenticated() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(json!({}));
+    provider.then(Err(KeySetError::Unreachable));
+    let token = signed(&TestKey::ed(), "EdDSA", "ed", &claims());
+    assert_eq!(
+        verify_at(&auth, &provider, &token, NOW),
+        Err(ProxyError::AuthUnavailable)
+    );
+    assert_eq!(
+        verify_at(&auth, &provider, &token, NOW + 1),
+        Err(ProxyError::AuthUnavailable)
+    );
+    assert_eq!(provider.fetches.get(), 1, "no retry within the interval");
+    // The provider is back.
+    provider.then(Ok(json!({"keys": [TestKey::ed().jwk("ed", None)]})));
+    assert!(verify_at(&auth, &provider, &token, NOW + REFETCH_INTERVAL_SECS).is_ok());
+    // HMAC tokens never need the provider.
+    let fresh = jwks_auth();
+    let down = FakeProvider::serving(json!({}));
+    down.then(Err(KeySetError::Unreachable));
+    assert!(verify_at(&fresh, &down, &hs("HS256", &claims()), NOW).is_ok());
+    assert_eq!(down.fetches.get(), 0);
+}
+
+#[test]
+fn concurrent_requests_share_one_fetch() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(all_keys_jwks());
+    let token = Bearer(signed(&TestKey::ed(), "EdDSA", "ed", &claims()));
+    let results = run(async {
+        let all = (0..20).map(|_| auth.authenticate(&token, NOW, &provider));
+        futures_util::future::join_all(all).await
+    });
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(provider.fetches.get(), 1);
+}
+
+#[test]
+fn bearer_header_parsing() {
+    let header = |values: &[&str]| {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::AUTHORIZATION, value.parse().unwrap());
+        }
+        bearer(&headers).map(|b| b.0)
+    };
+    assert_eq!(header(&["Bearer a.b.c"]), Ok("a.b.c".to_owned()));
+    assert_eq!(header(&["bearer a.b.c"]), Ok("a.b.c".to_owned()));
+    let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+    for bad in [
+        &["Basic dXNlcjpwYXNz"][..],
+        &["Bearer"],
+        &["Bearer "],
+        &["Key fal-key"],
+        &["a.b.c"],
+        &["Bearer a.b.c", "Bearer a.b.c"],
+        &["Bearer a.b.c d"],
+        &["Bearer a+b/c="],
+        &[long.as_str()],
+        &[],
+    ] {
+        assert_eq!(header(bad), Err(ProxyError::Unauthenticated), "{bad:?}");
+    }
+}
+
+#[test]
+fn settings() {
+    let parse = |pairs: &[(&str, &str)]| {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        Auth::from_lookup(|name| map.get(name).map(|v| (*v).to_owned()))
+    };
+    assert!(parse(&[]).unwrap().is_none());
+    assert!(
+        parse(&[("FAL_PROXY_AUTH_JWKS_URL", "http://127.0.0.1:9/jwks")])
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        parse(&[("FAL_PROXY_AUTH_JWKS_URL", "http://localhost:9/jwks")])
+            .unwrap()
+            .is_some()
+    );
+    for (pairs, var) in [
+        (
+            &[("FAL_PROXY_AUTH_JWKS_URL", "http://issuer.example/jwks")][..],
+            vars::AUTH_JWKS_URL,
+        ),
+        (
+            &[("FAL_PROXY_AUTH_JWKS_URL", "issuer.example/jwks")],
+            vars::AUTH_JWKS_URL,
+        ),
+        (
+            &[("FAL_PROXY_AUTH_JWKS_URL", "https://u:p@issuer.example/jwks")],
+            vars::AUTH_JWKS_URL,
+        ),
+        (
+            &[("FAL_PROXY_AUTH_JWKS_URL", "ftp://127.0.0.1/jwks")],
+            vars::AUTH_JWKS_URL,
+        ),
+        (
+            &[("FAL_PROXY_AUTH_JWT_SECRET", "short")],
+            vars::AUTH_JWT_SECRET,
+        ),
+        (&[("FAL_PROXY_AUTH_ISSUER", ISSUER)], vars::AUTH_ISSUER),
+        (&[("FAL_PROXY_AUTH_AUDIENCE", "app")], vars::AUTH_AUDIENCE),
+    ] {
+        let error = parse(pairs).expect_err(&format!("{pairs:?}"));
+        assert_eq!(error.var, var);
+        assert!(
+            !error.to_string().contains("short"),
+            "the value is not echoed"
+        );
+    }
+    let shown = format!("{:?} {}", jwks_auth(), jwks_auth().summary());
+    assert!(!shown.contains(SECRET), "{shown}");
+}
+
+#[test]
+fn identity_tags_are_short_stable_and_do_not_show_the_subject() {
+    let a = Identity {
+        sub: "user-123".to_owned(),
+    };
+    let b = Identity {
+        sub: "user-124".to_owned(),
+    };
+    assert_eq!(a.tag().len(), 12);
+    assert_eq!(a.tag(), a.clone().tag());
+    assert_ne!(a.tag(), b.tag());
+    assert!(!format!("{a:?}").contains("user-123"));
+}
