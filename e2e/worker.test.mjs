@@ -6,10 +6,12 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { gzipSync } from "node:zlib";
+import { defineAuthSuite } from "./auth.mjs";
 import { defineSuite, SERVER_KEY } from "./suite.mjs";
 import { workerLauncher, wranglerToml } from "./launchers/worker.mjs";
 
 defineSuite(workerLauncher);
+defineAuthSuite(workerLauncher);
 
 /** The release wasm, gzipped, must stay under this (the README states the figure). */
 const MAX_GZIPPED_WASM_BYTES = 300_000;

@@ -26,10 +26,13 @@ const DEFAULT_MAX_AGE: u64 = 10 * 60;
 const MIN_MAX_AGE: u64 = 60;
 const MAX_MAX_AGE: u64 = 24 * 60 * 60;
 
-/// The least time between two fetches, for whatever reason (a token with an
-/// unknown `kid`, stale keys, a failed fetch): a stream of garbage `kid`s or
-/// a provider that is down costs at most one fetch per interval.
-pub(crate) const REFETCH_INTERVAL_SECS: u64 = 5;
+/// The least time between the starts of two fetches, for whatever reason (a
+/// token with an unknown `kid`, stale keys, a failed fetch): a stream of
+/// garbage `kid`s or a provider that is down costs at most one fetch per
+/// interval. Longer than [`KEY_SET_TIMEOUT`]: the core only knows when an
+/// attempt started, and one that timed out must not be retried at once.
+pub(crate) const REFETCH_INTERVAL_SECS: u64 = 10;
+const _: () = assert!(REFETCH_INTERVAL_SECS > KEY_SET_TIMEOUT.as_secs());
 
 /// The most keys kept from one key set (providers publish two or three).
 const MAX_KEYS: usize = 32;
@@ -218,6 +221,9 @@ struct State {
     /// Counts fetches, so a request that waited for another's fetch sees
     /// that it happened.
     generation: u64,
+    /// Counts key sets stored, so a token verified with one set is not
+    /// taken as verified by the next.
+    version: u64,
 }
 
 enum Plan {
@@ -252,6 +258,12 @@ impl KeySetCache {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The version of the key set in use, while it is fresh at `now`.
+    pub(crate) fn fresh_version(&self, now: u64) -> Option<u64> {
+        let state = self.state();
+        (state.keys.is_some() && now < state.fresh_until).then_some(state.version)
     }
 
     fn plan(&self, kid: Option<&str>, now: u64) -> Plan {
@@ -323,6 +335,7 @@ impl KeySetCache {
         if let Ok((keys, max_age)) = fetched {
             state.keys = Some(Arc::new(keys));
             state.fresh_until = now.saturating_add(max_age);
+            state.version += 1;
         }
         state.keys.clone().ok_or(ProxyError::AuthUnavailable)
     }

@@ -20,9 +20,11 @@ use crate::error::ProxyError;
 use http::{HeaderMap, header};
 use jwks::KeySetCache;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use verify::{Rules, Token, VerifyingKey};
+use std::sync::{Mutex, PoisonError};
+use verify::{Rules, Token, Verified, VerifyingKey};
 
 /// The longest bearer token accepted, in bytes. Provider tokens are 1-2 KB;
 /// this bounds the work an anonymous caller can ask for.
@@ -66,13 +68,26 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// How many verified tokens are remembered; past it the memory starts over.
+const MAX_VERIFIED_TOKENS: usize = 4096;
+
 /// The authentication settings and, with a JWKS, its cache. Cheap to clone:
-/// clones share the cache.
+/// clones share the caches.
 #[derive(Clone)]
 pub(crate) struct Auth {
     rules: Arc<Rules>,
     secret: Option<Arc<VerifyingKey>>,
     jwks: Option<Arc<KeySetCache>>,
+    verified: Arc<Mutex<HashMap<[u8; 32], Remembered>>>,
+}
+
+/// A token verified before (by its SHA-256): a browser sends the same token
+/// with every request until it expires, and a signature check costs 0.1 to
+/// 1 ms, so each token is verified once per process.
+struct Remembered {
+    verified: Verified,
+    /// The key set version it was verified with; `None` for HMAC.
+    version: Option<u64>,
 }
 
 impl fmt::Debug for Auth {
@@ -125,6 +140,7 @@ impl Auth {
             rules: Arc::new(Rules { issuers, audiences }),
             secret,
             jwks: jwks_url.map(|url| Arc::new(KeySetCache::new(url))),
+            verified: Arc::default(),
         }))
     }
 
@@ -153,18 +169,51 @@ impl Auth {
     /// source's own deadline.
     pub(crate) async fn authenticate<S: KeySetSource>(
         &self,
-        token: &Bearer,
+        bearer: &Bearer,
         now: u64,
         source: &S,
     ) -> Result<Identity, ProxyError> {
-        let token = Token::parse(&token.0).ok_or(ProxyError::Unauthenticated)?;
-        if token.is_hmac() {
-            let secret = self.secret.as_ref().ok_or(ProxyError::Unauthenticated)?;
-            return verify::check(&token, [secret.as_ref()], &self.rules, now);
+        let digest: [u8; 32] = Sha256::digest(bearer.0.as_bytes()).into();
+        if let Some(identity) = self.remembered(&digest, now) {
+            return Ok(identity);
         }
-        let cache = self.jwks.as_ref().ok_or(ProxyError::Unauthenticated)?;
-        let keys = cache.keys(source, token.kid(), now).await?;
-        verify::check(&token, keys.candidates(&token), &self.rules, now)
+        let token = Token::parse(&bearer.0).ok_or(ProxyError::Unauthenticated)?;
+        let (verified, version) = if token.is_hmac() {
+            let secret = self.secret.as_ref().ok_or(ProxyError::Unauthenticated)?;
+            let verified = verify::check(&token, [secret.as_ref()], &self.rules, now)?;
+            (verified, None)
+        } else {
+            let cache = self.jwks.as_ref().ok_or(ProxyError::Unauthenticated)?;
+            let keys = cache.keys(source, token.kid(), now).await?;
+            let verified = verify::check(&token, keys.candidates(&token), &self.rules, now)?;
+            (verified, cache.fresh_version(now))
+        };
+        let identity = verified.identity.clone();
+        let mut memory = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if memory.len() >= MAX_VERIFIED_TOKENS {
+            memory.clear();
+        }
+        memory.insert(digest, Remembered { verified, version });
+        Ok(identity)
+    }
+
+    /// The user of a token verified before, while its claims still hold at
+    /// `now` and (for a JWKS token) the key set it was verified with is
+    /// still the one in use and fresh.
+    fn remembered(&self, digest: &[u8; 32], now: u64) -> Option<Identity> {
+        let memory = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = memory.get(digest)?;
+        let holds = (entry.verified.from..entry.verified.until).contains(&now);
+        let same_keys = match entry.version {
+            None => true,
+            Some(version) => {
+                self.jwks
+                    .as_ref()
+                    .and_then(|cache| cache.fresh_version(now))
+                    == Some(version)
+            }
+        };
+        (holds && same_keys).then(|| entry.verified.identity.clone())
     }
 }
 

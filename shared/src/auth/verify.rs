@@ -238,12 +238,21 @@ impl<'a> Token<'a> {
 
 /// Checks the signature against each candidate key (which the caller chose
 /// to fit the token's `alg`), then the claims at `now` (Unix seconds).
+/// A verified token: its user, and the times (Unix seconds, leeway
+/// included) between which its claims hold: `from <= now < until`.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified {
+    pub(crate) identity: Identity,
+    pub(crate) from: u64,
+    pub(crate) until: u64,
+}
+
 pub(crate) fn check<'k>(
     token: &Token<'_>,
     candidates: impl IntoIterator<Item = &'k VerifyingKey>,
     rules: &Rules,
     now: u64,
-) -> Result<Identity, ProxyError> {
+) -> Result<Verified, ProxyError> {
     let signature = URL_SAFE_NO_PAD
         .decode(token.signature)
         .map_err(|_| ProxyError::Unauthenticated)?;
@@ -257,19 +266,18 @@ pub(crate) fn check<'k>(
     check_claims(&claims, rules, now).ok_or(ProxyError::Unauthenticated)
 }
 
-fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Option<Identity> {
+fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Option<Verified> {
     // `exp` must be there and in the future; `nbf` and `iat` are optional,
     // but a present one must be a number and not in the future.
-    let exp = seconds(claims.get("exp")?)?;
-    if now >= exp.saturating_add(LEEWAY_SECS) {
-        return None;
-    }
+    let until = seconds(claims.get("exp")?)?.saturating_add(LEEWAY_SECS);
+    let mut from = 0;
     for name in ["nbf", "iat"] {
-        if let Some(value) = claims.get(name)
-            && seconds(value)? > now.saturating_add(LEEWAY_SECS)
-        {
-            return None;
+        if let Some(value) = claims.get(name) {
+            from = from.max(seconds(value)?.saturating_sub(LEEWAY_SECS));
         }
+    }
+    if !(from..until).contains(&now) {
+        return None;
     }
     if !rules.issuers.is_empty() {
         let iss = claims.get("iss")?.as_str()?;
@@ -294,8 +302,12 @@ fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Option<
     if sub.is_empty() || sub.len() > MAX_SUBJECT_BYTES {
         return None;
     }
-    Some(Identity {
-        sub: sub.to_owned(),
+    Some(Verified {
+        identity: Identity {
+            sub: sub.to_owned(),
+        },
+        from,
+        until,
     })
 }
 
