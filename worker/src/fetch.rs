@@ -191,6 +191,11 @@ impl KeySetSource for FetchUpstream {
             }
         }
     }
+
+    /// workerd cancels a request woken from another request's context.
+    fn shares_fetches(&self) -> bool {
+        false
+    }
 }
 
 /// A request body of unknown length, counted as it is sent upstream.

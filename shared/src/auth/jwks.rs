@@ -45,6 +45,14 @@ pub trait KeySetSource {
     /// [`KEY_SET_TIMEOUT`], and must stop reading past [`MAX_KEY_SET_BYTES`].
     fn fetch_key_set(&self, url: &str)
     -> impl Future<Output = Result<KeySetDocument, KeySetError>>;
+
+    /// Whether a request may wait for a fetch another request started.
+    /// Workers may not: workerd cancels a request woken from another's
+    /// context, so there concurrent requests that find no usable keys each
+    /// fetch their own.
+    fn shares_fetches(&self) -> bool {
+        true
+    }
 }
 
 /// A fetched key set, as the provider sent it.
@@ -313,10 +321,11 @@ impl KeySetCache {
         };
         let wanted_kid = kid.is_some_and(|kid| current.as_ref().is_some_and(|k| !k.has_kid(kid)));
         let _fetching = match (self.fetching.try_lock(), &current) {
-            (Some(guard), _) => guard,
+            (Some(guard), _) => Some(guard),
             // Another request is refreshing stale keys: use them meanwhile.
             (None, Some(keys)) if !wanted_kid => return Ok(Arc::clone(keys)),
-            (None, _) => self.fetching.lock().await,
+            (None, _) if source.shares_fetches() => Some(self.fetching.lock().await),
+            (None, _) => None,
         };
         {
             let state = self.state();
