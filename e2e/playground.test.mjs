@@ -22,6 +22,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { startMockFal, MOCK_PNG } from "./mock-fal.mjs";
 import { nativeLauncher } from "./launchers/native.mjs";
+import { signHs256 } from "./jwks-server.mjs";
 import { workerLauncher } from "./launchers/worker.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -505,6 +506,39 @@ describe("playground on the native server, user-or-server mode", () => {
     const sent = (await browserState.proxyRequests(page)).filter((r) => r.headers["x-fal-user-key"]);
     assert.ok(sent.length >= 3 && sent.every((r) => r.headers.authorization === "Bearer set.after.load"));
     await browserState.clean(page);
+  });
+});
+
+describe("playground on the native server, server mode with app-user authentication", () => {
+  const SECRET = "a-playground-hmac-secret-of-at-least-32-bytes";
+  const token = signHs256(SECRET, { sub: "signed-in-user", exp: Math.floor(Date.now() / 1000) + 3600 });
+  const server = nativeServer({ FAL_KEY: SERVER_KEY, FAL_PROXY_AUTH_JWT_SECRET: SECRET });
+  const signedIn = browserContext(server, { initScript: `window.falProxyAuthToken = async () => ${JSON.stringify(token)};` });
+  const signedOut = browserContext(server);
+
+  it("the embedding app's token lets Generate run; the token never reaches fal", opts, async () => {
+    const page = await signedIn.page();
+    await load(page, server.origin);
+    mock.reset();
+    await generate(page, "fal-ai/flux/dev");
+    assert.ok((await shownImages(page))[0].naturalWidth > 0);
+    const upstream = queueRequests(mock.requests);
+    assert.ok(upstream.length >= 3);
+    for (const record of upstream) assert.equal(record.headers.authorization, `Key ${SERVER_KEY}`);
+    const sent = (await signedIn.proxyRequests(page)).filter((r) => r.headers["x-fal-target-url"]);
+    assert.ok(sent.length >= 3);
+    assert.ok(sent.every((r) => r.headers.authorization === `Bearer ${token}`), "every proxied request carries the token");
+    await signedIn.clean(page);
+  });
+
+  it("without a token the proxy's 401 is shown in words, and nothing reaches fal", opts, async () => {
+    const page = await signedOut.page();
+    await load(page, server.origin);
+    mock.reset();
+    await generate(page, "fal-ai/flux/dev");
+    const alert = page.getByRole("alert");
+    assert.match(await alert.innerText(), /\(401\): Sign in first/);
+    assert.equal(mock.requests.length, 0);
   });
 });
 
