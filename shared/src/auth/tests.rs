@@ -776,3 +776,97 @@ fn verified_tokens_are_remembered_until_they_expire_or_the_key_set_changes() {
         Err(ProxyError::Unauthenticated)
     );
 }
+
+/// Security review (authreview): a JWKS token verified while the key set is
+/// stale (the refresh failed, or another request is refreshing) is
+/// remembered with no key-set version, which `remembered` takes for an HMAC
+/// token: it then survives the provider withdrawing its key until its exp.
+#[test]
+fn a_token_verified_with_stale_keys_is_not_remembered_past_a_key_removal() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(json!({"keys": [TestKey::ed().jwk("ed", None)]}));
+    let mut long_lived = claims();
+    long_lived["exp"] = json!(NOW + 24 * 3600);
+    let token = signed(&TestKey::ed(), "EdDSA", "ed", &long_lived);
+    assert!(verify_at(&auth, &provider, &token, NOW).is_ok());
+
+    // The keys go stale (max-age=600) while the provider is down: the last
+    // good keys are used, as the issue asks.
+    provider.then(Err(KeySetError::Timeout));
+    let stale = NOW + 600;
+    assert!(verify_at(&auth, &provider, &token, stale).is_ok());
+    assert_eq!(provider.fetches.get(), 2);
+
+    // The provider is back and has withdrawn the key; the proxy has the new
+    // set (fetched for a token of the new key).
+    provider.then(Ok(json!({"keys": [TestKey::p256().jwk("p256", None)]})));
+    let later = stale + REFETCH_INTERVAL_SECS;
+    let other = signed(&TestKey::p256(), "ES256", "p256", &long_lived);
+    assert!(verify_at(&auth, &provider, &other, later).is_ok());
+    assert_eq!(provider.fetches.get(), 3);
+
+    // The token of the withdrawn key must now be refused.
+    assert_eq!(
+        verify_at(&auth, &provider, &token, later + 1),
+        Err(ProxyError::Unauthenticated),
+        "a token of a withdrawn key is still accepted from memory"
+    );
+}
+
+/// A provider like the Worker's: requests never wait for another's fetch,
+/// and each fetch takes a while (yields before answering).
+struct SlowUnsharedProvider(FakeProvider);
+
+impl KeySetSource for SlowUnsharedProvider {
+    async fn fetch_key_set(&self, url: &str) -> Result<KeySetDocument, KeySetError> {
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.0.fetch_key_set(url).await
+    }
+
+    fn shares_fetches(&self) -> bool {
+        false
+    }
+}
+
+/// Security review (authreview): on a target that does not share fetches
+/// (the Worker), every request with an unknown `kid` that arrives while a
+/// fetch is in flight starts its own fetch, since the refetch interval only
+/// counts from a finished attempt. A stream of garbage kids during a slow
+/// JWKS answer becomes a stream of JWKS requests.
+#[test]
+fn garbage_kids_during_a_fetch_do_not_each_fetch_when_fetches_are_not_shared() {
+    let auth = jwks_auth();
+    let provider = SlowUnsharedProvider(FakeProvider::serving(
+        json!({"keys": [TestKey::ed().jwk("ed", None)]}),
+    ));
+    let token = signed(&TestKey::ed(), "EdDSA", "ed", &claims());
+    assert!(run(auth.authenticate(&Bearer(token), NOW, &provider)).is_ok());
+    assert_eq!(provider.0.fetches.get(), 1);
+
+    let later = NOW + REFETCH_INTERVAL_SECS;
+    let garbage: Vec<Bearer> = (0..20)
+        .map(|i| {
+            Bearer(signed(
+                &TestKey::ed(),
+                "EdDSA",
+                &format!("garbage-{i}"),
+                &claims(),
+            ))
+        })
+        .collect();
+    let results = run(async {
+        let all = garbage
+            .iter()
+            .map(|token| auth.authenticate(token, later, &provider));
+        futures_util::future::join_all(all).await
+    });
+    assert!(results.iter().all(Result::is_err));
+    assert_eq!(
+        provider.0.fetches.get(),
+        2,
+        "20 concurrent garbage kids started {} JWKS fetches",
+        provider.0.fetches.get() - 1
+    );
+}
