@@ -870,3 +870,58 @@ fn garbage_kids_during_a_fetch_do_not_each_fetch_when_fetches_are_not_shared() {
         provider.0.fetches.get() - 1
     );
 }
+
+/// A provider whose answer takes a while; counts the fetches started.
+struct Slow {
+    inner: FakeProvider,
+    started: Cell<usize>,
+}
+
+impl KeySetSource for Slow {
+    async fn fetch_key_set(&self, url: &str) -> Result<KeySetDocument, KeySetError> {
+        self.started.set(self.started.get() + 1);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        self.inner.fetch_key_set(url).await
+    }
+}
+
+/// Security review (authreview): the refetch interval counts only from a
+/// fetch that finished. A request whose future is dropped mid-fetch (its
+/// client went away, or a platform cancelled it) leaves no trace, so garbage
+/// kids whose requests are abandoned during the fetch each start a new one.
+#[test]
+fn an_abandoned_fetch_still_counts_against_the_refetch_interval() {
+    use futures_util::FutureExt as _;
+    let auth = jwks_auth();
+    let provider = Slow {
+        inner: FakeProvider::serving(json!({"keys": [TestKey::ed().jwk("ed", None)]})),
+        started: Cell::new(0),
+    };
+    let token = signed(&TestKey::ed(), "EdDSA", "ed", &claims());
+    assert!(run(auth.authenticate(&Bearer(token), NOW, &provider)).is_ok());
+    assert_eq!(provider.started.get(), 1);
+
+    let later = NOW + REFETCH_INTERVAL_SECS;
+    for i in 0..10 {
+        let garbage = Bearer(signed(
+            &TestKey::ed(),
+            "EdDSA",
+            &format!("garbage-{i}"),
+            &claims(),
+        ));
+        // Polled once (the fetch starts), then dropped.
+        assert!(
+            auth.authenticate(&garbage, later, &provider)
+                .now_or_never()
+                .is_none()
+        );
+    }
+    assert_eq!(
+        provider.started.get(),
+        2,
+        "10 abandoned garbage-kid requests started {} JWKS fetches",
+        provider.started.get() - 1
+    );
+}
