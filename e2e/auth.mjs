@@ -212,6 +212,63 @@ export function defineAuthSuite(launcher) {
     });
   });
 
+  // Security review (authreview): natively, a request whose client goes away while it is
+  // fetching the key set drops that fetch, and a dropped fetch does not count against the
+  // refetch interval: a stream of abandoned garbage-kid requests is a stream of JWKS fetches.
+  if (launcher.name === "native") {
+    describe(`app-user authentication, abandoned key-set fetches [${launcher.name}]`, () => {
+      let mock;
+      let jwks;
+      let target;
+      const ed = makeKey("ed", "ed-1");
+
+      before(async () => {
+        mock = await startMockFal();
+        jwks = await startJwksServer();
+        jwks.publish([ed]);
+        target = await launcher.start({
+          FAL_PROXY_UPSTREAM: mock.url,
+          FAL_KEY: SERVER_KEY,
+          FAL_PROXY_AUTH_JWKS_URL: jwks.url,
+        });
+      }, { timeout: START_TIMEOUT });
+      after(async () => {
+        await target?.stop();
+        await jwks?.close();
+        await mock?.close();
+      }, { timeout: START_TIMEOUT });
+
+      it("garbage kids whose clients hang up during a slow JWKS answer cost at most one fetch per interval", { timeout: 40_000 }, async () => {
+        const send = (kid, signal) =>
+          fetch(target.url, {
+            method: "POST",
+            headers: {
+              "x-fal-target-url": "https://fal.run/fal-ai/flux/dev",
+              "content-type": "application/json",
+              authorization: `Bearer ${ed.sign({ sub: "u", exp: now() + 600 }, { kid })}`,
+            },
+            body: "{}",
+            signal,
+          });
+        const warm = await send("ed-1");
+        assert.equal(warm.status, 200, await warm.text());
+        assert.equal(jwks.state.fetches, 1);
+        jwks.state.mode = "hang";
+        await sleep(Math.max(0, jwks.state.lastFetchAt + REFETCH_INTERVAL_MS + 200 - Date.now()));
+        for (let i = 0; i < 10; i++) {
+          const controller = new AbortController();
+          const pending = send(`garbage-${i}`, controller.signal).catch(() => "aborted");
+          await sleep(300);
+          controller.abort();
+          await pending;
+        }
+        await sleep(200);
+        assert.ok(jwks.state.fetches <= 2, `10 abandoned garbage-kid requests: ${jwks.state.fetches - 1} JWKS fetches`);
+        assert.equal(mock.requests.length, 1, "only the warm-up reached fal");
+      });
+    });
+  }
+
   describe(`app-user authentication, provider unreachable and nothing cached [${launcher.name}]`, () => {
     let mock;
     let jwks;
