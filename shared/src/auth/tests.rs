@@ -925,3 +925,89 @@ fn an_abandoned_fetch_still_counts_against_the_refetch_interval() {
         provider.started.get() - 1
     );
 }
+
+/// Security review (authreview): edges that hold.
+#[test]
+fn review_jwks_url_edges() {
+    let parse = |url: &str| {
+        Auth::from_lookup(|name| (name == "FAL_PROXY_AUTH_JWKS_URL").then(|| url.to_owned()))
+    };
+    for refused in [
+        "http://127.0.0.1.evil.example/jwks",
+        "http://localhost.evil.example/jwks",
+        "http://localhost./jwks",
+        "http://user@127.0.0.1/jwks",
+        "http://127.0.0.1@evil.example/jwks",
+        "http://[::ffff:127.0.0.1]/jwks",
+        "http://0.0.0.0/jwks",
+        "http://evil.example#@127.0.0.1/jwks",
+        "file:///etc/passwd",
+        "https://issuer.example/jwks#frag",
+        "",
+    ] {
+        assert!(parse(refused).is_err(), "{refused}");
+    }
+    for accepted in [
+        "http://[::1]:9/jwks",
+        "http://0x7f.1/jwks",
+        "http://127.1/jwks",
+        "HTTP://LOCALHOST/jwks",
+        " https://issuer.example/jwks ",
+    ] {
+        assert!(matches!(parse(accepted), Ok(Some(_))), "{accepted}");
+    }
+}
+
+#[test]
+fn review_weak_keys_and_malleable_signatures() {
+    let auth = jwks_auth();
+    // Ed25519 identity point as the key, and the (R = identity, s = 0)
+    // signature that verifies any message under a non-strict check.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let provider = FakeProvider::serving(json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "x": b64(&identity), "kid": "weak"},
+        TestKey::ed().jwk("ed", None),
+    ]}));
+    let mut sig = [0u8; 64];
+    sig[0] = 1;
+    let forged = token_with(&json!({"alg": "EdDSA", "kid": "weak"}), &claims(), |_| {
+        sig.to_vec()
+    });
+    assert_eq!(
+        verify_at(&auth, &provider, &forged, NOW),
+        Err(ProxyError::Unauthenticated)
+    );
+    // RSA with e = 1 (signature = message) and a 512-bit modulus are not keys.
+    for body in [
+        json!({"keys": [{"kty": "RSA", "n": b64(&[0xffu8; 256]), "e": "AQ"}]}),
+        json!({"keys": [{"kty": "RSA", "n": b64(&[0xffu8; 64]), "e": "AQAB"}]}),
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(&[1u8; 32]), "y": b64(&[2u8; 32])}]}),
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(&[0u8; 32]), "y": b64(&[0u8; 32])}]}),
+    ] {
+        assert!(
+            super::jwks::KeySet::parse(body.to_string().as_bytes()).is_err(),
+            "{body}"
+        );
+    }
+}
+
+/// Security review (authreview), informational: ECDSA signatures are
+/// malleable (s and n - s both verify), so one ES256 token has a second
+/// valid spelling. It names the same user with the same claims; the
+/// remembered-token map then holds two entries for it.
+#[test]
+fn review_es256_high_s_spelling_verifies() {
+    let auth = jwks_auth();
+    let provider = FakeProvider::serving(json!({"keys": [TestKey::p256().jwk("p256", None)]}));
+    let token = signed(&TestKey::p256(), "ES256", "p256", &claims());
+    let (message, signature) = token.rsplit_once('.').unwrap();
+    let signature =
+        p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap()).unwrap();
+    let (r, s) = signature.split_scalars();
+    let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+    let other = format!("{message}.{}", b64(&flipped.to_bytes()));
+    assert_ne!(other, token);
+    assert!(verify_at(&auth, &provider, &token, NOW).is_ok());
+    assert!(verify_at(&auth, &provider, &other, NOW).is_ok());
+}
