@@ -1011,3 +1011,22 @@ fn review_es256_high_s_spelling_verifies() {
     assert!(verify_at(&auth, &provider, &token, NOW).is_ok());
     assert!(verify_at(&auth, &provider, &other, NOW).is_ok());
 }
+
+/// Security review (authreview), a policy proposal: Google's securetoken
+/// JWKS signs the ID tokens of EVERY Firebase project, so with it and no
+/// `FAL_PROXY_AUTH_AUDIENCE` anyone who signs in to a Firebase project of
+/// their own (free, self-serve) spends this deployment's key. Today the
+/// setting is accepted silently (no error, no warning); this test asks for a
+/// refusal naming the audience setting (a loud start-up warning would also
+/// do; the lead decides).
+#[test]
+fn a_shared_firebase_key_set_without_an_audience_is_refused() {
+    let firebase =
+        "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
+    let result =
+        Auth::from_lookup(|name| (name == "FAL_PROXY_AUTH_JWKS_URL").then(|| firebase.to_owned()));
+    let error = result.err().expect(
+        "a key set shared by every Firebase project, with no audience, accepts other projects' users",
+    );
+    assert_eq!(error.var, vars::AUTH_AUDIENCE);
+}
