@@ -1030,3 +1030,45 @@ fn a_shared_firebase_key_set_without_an_audience_is_refused() {
     );
     assert_eq!(error.var, vars::AUTH_AUDIENCE);
 }
+
+/// Security review (authreview): odd RSA JWK encodings (leading zero bytes in
+/// `n` or `e`, empty or huge values) neither panic nor verify a forgery.
+#[test]
+fn review_odd_rsa_encodings_do_not_panic() {
+    use rsa::traits::PublicKeyParts as _;
+    let public = rsa_key().to_public_key();
+    let (n, e) = (public.n_bytes().to_vec(), public.e_bytes().to_vec());
+    let padded = |bytes: &[u8], zeros: usize| [vec![0u8; zeros], bytes.to_vec()].concat();
+    let token = signed(&TestKey::rsa(), "RS256", "k", &claims());
+    let ps = signed(&TestKey::rsa(), "PS256", "k", &claims());
+    for (n, e) in [
+        (padded(&n, 1), e.clone()),
+        (padded(&n, 300), e.clone()),
+        (n.clone(), padded(&e, 300)),
+        (n.clone(), padded(&e, 1000)),
+        (vec![], e.clone()),
+        (n.clone(), vec![]),
+        (vec![0; 512], e.clone()),
+        (n.clone(), n.clone()),
+        (vec![0xff; 513], e.clone()),
+    ] {
+        let jwks = json!({"keys": [{"kty": "RSA", "kid": "k", "n": b64(&n), "e": b64(&e)}]});
+        let provider = FakeProvider::serving(jwks);
+        for token in [&token, &ps] {
+            let auth = jwks_auth();
+            let _ = verify_at(&auth, &provider, token, NOW);
+        }
+        // A signature of the wrong length, all zeros, all ones.
+        for signature in [
+            vec![0u8; 256],
+            vec![0xffu8; 256],
+            vec![0u8; 300],
+            vec![1u8; 1],
+        ] {
+            let (message, _) = token.rsplit_once('.').unwrap();
+            let forged = format!("{message}.{}", b64(&signature));
+            let auth = jwks_auth();
+            assert!(verify_at(&auth, &provider, &forged, NOW).is_err());
+        }
+    }
+}
