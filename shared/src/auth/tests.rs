@@ -1025,7 +1025,7 @@ fn a_shared_firebase_key_set_without_an_audience_is_refused() {
         "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
     let result =
         Auth::from_lookup(|name| (name == "FAL_PROXY_AUTH_JWKS_URL").then(|| firebase.to_owned()));
-    let error = result.err().expect(
+    let error = result.expect_err(
         "a key set shared by every Firebase project, with no audience, accepts other projects' users",
     );
     assert_eq!(error.var, vars::AUTH_AUDIENCE);
