@@ -1072,3 +1072,23 @@ fn review_odd_rsa_encodings_do_not_panic() {
         }
     }
 }
+
+/// Security review (authreview), low: an issuer or audience setting that is
+/// set but holds no value (`FAL_PROXY_AUTH_AUDIENCE=` from a template, or
+/// `","`) silently turns its check off, the same as leaving it unset.
+#[test]
+fn an_issuer_or_audience_set_to_nothing_is_an_error_not_no_check() {
+    for (var, value) in [
+        ("FAL_PROXY_AUTH_AUDIENCE", ""),
+        ("FAL_PROXY_AUTH_AUDIENCE", " , "),
+        ("FAL_PROXY_AUTH_ISSUER", ""),
+    ] {
+        let result = Auth::from_lookup(|name| match name {
+            "FAL_PROXY_AUTH_JWKS_URL" => Some("https://issuer.example/jwks.json".to_owned()),
+            name if name == var => Some(value.to_owned()),
+            _ => None,
+        });
+        let error = result.expect_err(&format!("{var}={value:?} is taken as no check"));
+        assert_eq!(error.var, var);
+    }
+}
