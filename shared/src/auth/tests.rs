@@ -1092,3 +1092,100 @@ fn an_issuer_or_audience_set_to_nothing_is_an_error_not_no_check() {
         assert_eq!(error.var, var);
     }
 }
+
+/// A provider for threads: odd fetches serve `first`, even ones `second`.
+struct Alternating {
+    first: Bytes,
+    second: Bytes,
+    fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl KeySetSource for Alternating {
+    async fn fetch_key_set(&self, _url: &str) -> Result<KeySetDocument, KeySetError> {
+        let n = self
+            .fetches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        Ok(KeySetDocument {
+            body: if n % 2 == 1 {
+                self.first.clone()
+            } else {
+                self.second.clone()
+            },
+            cache_control: Some("max-age=600".to_owned()),
+        })
+    }
+}
+
+/// Security review (authreview): natively requests verify on several
+/// threads. A token is verified with the key set `keys()` returned, but
+/// remembered with the version `fresh_version` reads afterwards; a fetch
+/// that lands in between (on another thread) stores a set without the
+/// token's key, and the token is remembered as verified by that set.
+#[test]
+fn a_token_is_remembered_with_the_version_of_the_keys_that_verified_it() {
+    let auth = jwks_auth();
+    let provider = Alternating {
+        first: Bytes::from(json!({"keys": [TestKey::ed().jwk("k1", None)]}).to_string()),
+        second: Bytes::from(json!({"keys": [TestKey::p256().jwk("k2", None)]}).to_string()),
+        fetches: Default::default(),
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mine: std::sync::Mutex<Vec<[u8; 32]>> = Default::default();
+    std::thread::scope(|scope| {
+        // Fetches, one per refetch interval of its own clock, each swapping the set.
+        scope.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let garbage = Bearer(signed(&TestKey::ed(), "EdDSA", "garbage", &claims()));
+            let mut i = 1;
+            while std::time::Instant::now() < deadline && i < 50_000 {
+                let _ = rt.block_on(auth.authenticate(
+                    &garbage,
+                    NOW + REFETCH_INTERVAL_SECS * i,
+                    &provider,
+                ));
+                i += 1;
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        // Verifies fresh tokens of k1 (in the odd sets only).
+        scope.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut j = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && j < 200_000 {
+                let mut c = claims();
+                c["jti"] = json!(j);
+                c["exp"] = json!(NOW + 10 * 24 * 3600);
+                let token = signed(&TestKey::ed(), "EdDSA", "k1", &c);
+                if rt
+                    .block_on(auth.authenticate(&Bearer(token.clone()), NOW, &provider))
+                    .is_ok()
+                {
+                    mine.lock()
+                        .unwrap()
+                        .push(Sha256::digest(token.as_bytes()).into());
+                }
+                j += 1;
+            }
+        });
+    });
+    let memory = auth.verified.lock().unwrap();
+    let accepted = mine.lock().unwrap();
+    assert!(!accepted.is_empty(), "no k1 token was ever verified");
+    let wrong: Vec<_> = accepted
+        .iter()
+        .filter_map(|digest| memory.get(digest))
+        .filter(|entry| entry.version.is_some_and(|v| v % 2 == 0))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} k1 tokens are remembered as verified by a key set without k1",
+        wrong.len(),
+        accepted.len()
+    );
+}
