@@ -1189,3 +1189,47 @@ fn a_token_is_remembered_with_the_version_of_the_keys_that_verified_it() {
         accepted.len()
     );
 }
+
+/// Security review (authreview): the same as
+/// `a_token_verified_with_stale_keys_is_not_remembered_past_a_key_removal`
+/// with the provider up: while one request refreshes stale keys, the others
+/// verify with the stale set and are remembered with no version. A holder
+/// of a withdrawn (say, leaked) key who sends tokens at that moment keeps
+/// them accepted until their exp, which they choose.
+#[test]
+fn tokens_verified_during_a_refresh_are_not_remembered_past_a_key_removal() {
+    let auth = jwks_auth();
+    let provider = Slow {
+        inner: FakeProvider::serving(json!({"keys": [TestKey::ed().jwk("leaked", None)]})),
+        started: Cell::new(0),
+    };
+    let mut forever = claims();
+    forever["exp"] = json!(NOW + 100 * 365 * 24 * 3600);
+    let warm = signed(&TestKey::ed(), "EdDSA", "leaked", &claims());
+    assert!(run(auth.authenticate(&Bearer(warm), NOW, &provider)).is_ok());
+
+    // The provider withdraws the leaked key; the cached set goes stale.
+    provider
+        .inner
+        .then(Ok(json!({"keys": [TestKey::p256().jwk("new", None)]})));
+    let stale = NOW + 600;
+    let refreshing = Bearer(signed(&TestKey::p256(), "ES256", "new", &claims()));
+    let leaked = Bearer(signed(&TestKey::ed(), "EdDSA", "leaked", &forever));
+    let (first, second) = run(async {
+        futures_util::future::join(
+            auth.authenticate(&refreshing, stale, &provider),
+            auth.authenticate(&leaked, stale, &provider),
+        )
+        .await
+    });
+    assert!(first.is_ok());
+    // Verified with the stale set meanwhile: acceptable once.
+    assert!(second.is_ok());
+    assert_eq!(provider.started.get(), 2);
+    // The new set is in place; the leaked key's token must now be refused.
+    assert_eq!(
+        run(auth.authenticate(&leaked, stale + 1, &provider)),
+        Err(ProxyError::Unauthenticated),
+        "a token of a withdrawn key is accepted from memory"
+    );
+}
