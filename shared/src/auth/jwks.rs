@@ -97,6 +97,9 @@ struct Key {
 /// encryption are left out: a public key set must never verify HMAC.
 pub(crate) struct KeySet {
     keys: Vec<Key>,
+    /// Which set this is, in the order the cache stored them (0 until
+    /// stored): a token is remembered as verified by one version only.
+    version: u64,
 }
 
 impl KeySet {
@@ -117,7 +120,11 @@ impl KeySet {
         if keys.is_empty() {
             return Err(KeySetError::Invalid);
         }
-        Ok(Self { keys })
+        Ok(Self { keys, version: 0 })
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.version
     }
 
     fn has_kid(&self, kid: &str) -> bool {
@@ -217,7 +224,8 @@ fn max_age(cache_control: Option<&str>) -> u64 {
 pub(crate) struct KeySetCache {
     url: String,
     state: Mutex<State>,
-    /// Held while fetching, so concurrent requests share one fetch.
+    /// Held by the request that fetches, so that (where a target allows it)
+    /// concurrent requests that have no keys wait for that one fetch.
     fetching: AsyncMutex<()>,
 }
 
@@ -225,22 +233,34 @@ pub(crate) struct KeySetCache {
 struct State {
     keys: Option<Arc<KeySet>>,
     fresh_until: u64,
+    /// When the last fetch STARTED: an attempt counts against the interval
+    /// from its start, whether it succeeds, fails, or is abandoned (its
+    /// request dropped) halfway.
     last_attempt: Option<u64>,
-    /// Counts fetches, so a request that waited for another's fetch sees
-    /// that it happened.
-    generation: u64,
-    /// Counts key sets stored, so a token verified with one set is not
-    /// taken as verified by the next.
+    /// Fetches under way.
+    in_flight: usize,
+    /// The last version stored.
     version: u64,
 }
 
-enum Plan {
+/// What a request does about keys, decided under the state lock.
+enum Plan<'a> {
     Use(Arc<KeySet>),
-    Fetch {
-        current: Option<Arc<KeySet>>,
-        generation: u64,
-    },
     Unavailable,
+    /// No keys, and another request is fetching them.
+    Join,
+    /// Fetch now; this request's attempt is already counted.
+    Fetch(Option<futures_util::lock::MutexGuard<'a, ()>>),
+}
+
+/// One fetch under way; uncounted when it ends, however it ends.
+struct InFlight<'a>(&'a KeySetCache);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
 }
 
 impl fmt::Debug for KeySetCache {
@@ -271,39 +291,43 @@ impl KeySetCache {
     /// The version of the key set in use, while it is fresh at `now`.
     pub(crate) fn fresh_version(&self, now: u64) -> Option<u64> {
         let state = self.state();
-        (state.keys.is_some() && now < state.fresh_until).then_some(state.version)
+        let keys = state.keys.as_ref()?;
+        (now < state.fresh_until).then_some(keys.version)
     }
 
-    fn plan(&self, kid: Option<&str>, now: u64) -> Plan {
-        let state = self.state();
+    fn plan(&self, kid: Option<&str>, now: u64) -> Plan<'_> {
+        let mut state = self.state();
         let cooling = state
             .last_attempt
             .is_some_and(|at| now < at.saturating_add(REFETCH_INTERVAL_SECS));
         match &state.keys {
-            None if cooling => Plan::Unavailable,
             Some(keys) => {
                 let stale = now >= state.fresh_until;
                 let unknown = kid.is_some_and(|kid| !keys.has_kid(kid));
-                if (stale || unknown) && !cooling {
-                    Plan::Fetch {
-                        current: Some(Arc::clone(keys)),
-                        generation: state.generation,
-                    }
-                } else {
-                    Plan::Use(Arc::clone(keys))
+                // Within the interval (a fetch under way always is), stale
+                // keys are used and an unknown `kid` is simply refused.
+                if !(stale || unknown) || cooling || state.in_flight > 0 {
+                    return Plan::Use(Arc::clone(keys));
                 }
             }
-            None => Plan::Fetch {
-                current: None,
-                generation: state.generation,
-            },
+            None if state.in_flight > 0 => return Plan::Join,
+            None if cooling => return Plan::Unavailable,
+            None => {}
         }
+        // Taken under the state lock, so a request that sees this fetch in
+        // flight finds the lock held until the state is updated.
+        let Some(turn) = self.fetching.try_lock() else {
+            return Plan::Join;
+        };
+        state.in_flight += 1;
+        state.last_attempt = Some(now);
+        Plan::Fetch(Some(turn))
     }
 
     /// The keys to verify a token with `kid` at `now`: the cached ones, or
     /// freshly fetched ones when they are missing, stale or lack `kid` (at
-    /// most one fetch per [`REFETCH_INTERVAL_SECS`], shared by concurrent
-    /// requests). A failed fetch keeps the last good keys; with none, the
+    /// most one fetch per [`REFETCH_INTERVAL_SECS`], counted from its
+    /// start). A failed fetch keeps the last good keys; with none, the
     /// answer is `AuthUnavailable`.
     pub(crate) async fn keys<S: KeySetSource>(
         &self,
@@ -311,40 +335,42 @@ impl KeySetCache {
         kid: Option<&str>,
         now: u64,
     ) -> Result<Arc<KeySet>, ProxyError> {
-        let (current, generation) = match self.plan(kid, now) {
-            Plan::Use(keys) => return Ok(keys),
-            Plan::Unavailable => return Err(ProxyError::AuthUnavailable),
-            Plan::Fetch {
-                current,
-                generation,
-            } => (current, generation),
-        };
-        let wanted_kid = kid.is_some_and(|kid| current.as_ref().is_some_and(|k| !k.has_kid(kid)));
-        let _fetching = match (self.fetching.try_lock(), &current) {
-            (Some(guard), _) => Some(guard),
-            // Another request is refreshing stale keys: use them meanwhile.
-            (None, Some(keys)) if !wanted_kid => return Ok(Arc::clone(keys)),
-            (None, _) if source.shares_fetches() => Some(self.fetching.lock().await),
-            (None, _) => None,
-        };
-        {
-            let state = self.state();
-            if state.generation != generation {
-                // Fetched while this request waited: use what it brought.
-                return state.keys.clone().ok_or(ProxyError::AuthUnavailable);
+        match self.plan(kid, now) {
+            Plan::Use(keys) => Ok(keys),
+            Plan::Unavailable => Err(ProxyError::AuthUnavailable),
+            Plan::Join if source.shares_fetches() => {
+                drop(self.fetching.lock().await);
+                self.state().keys.clone().ok_or(ProxyError::AuthUnavailable)
+            }
+            // A target whose requests cannot wait for each other (Workers):
+            // with no keys at all, this request fetches its own.
+            Plan::Join => {
+                self.state().in_flight += 1;
+                let _in_flight = InFlight(self);
+                self.fetch(source, now).await
+            }
+            Plan::Fetch(_turn) => {
+                let _in_flight = InFlight(self);
+                self.fetch(source, now).await
             }
         }
+    }
+
+    async fn fetch<S: KeySetSource>(
+        &self,
+        source: &S,
+        now: u64,
+    ) -> Result<Arc<KeySet>, ProxyError> {
         let fetched = source.fetch_key_set(&self.url).await.and_then(|document| {
             let keys = KeySet::parse(&document.body)?;
             Ok((keys, max_age(document.cache_control.as_deref())))
         });
         let mut state = self.state();
-        state.generation += 1;
-        state.last_attempt = Some(now);
-        if let Ok((keys, max_age)) = fetched {
+        if let Ok((mut keys, max_age)) = fetched {
+            state.version += 1;
+            keys.version = state.version;
             state.keys = Some(Arc::new(keys));
             state.fresh_until = now.saturating_add(max_age);
-            state.version += 1;
         }
         state.keys.clone().ok_or(ProxyError::AuthUnavailable)
     }

@@ -38,27 +38,42 @@ const MIN_SECRET_BYTES: usize = 32;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
     sub: String,
+    tag: String,
 }
 
 impl Identity {
+    /// The user `sub`, with its log tag made with `tag_key`.
+    pub(crate) fn new(sub: &str, tag_key: &[u8; 32]) -> Self {
+        let digest = <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(tag_key)
+            .map(|mac| hmac::Mac::chain_update(mac, sub.as_bytes()))
+            .map(hmac::Mac::finalize)
+            .map(|output| output.into_bytes().to_vec())
+            .unwrap_or_default();
+        let tag = digest
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        Self {
+            sub: sub.to_owned(),
+            tag,
+        }
+    }
+
     /// The `sub` claim as the provider issued it.
     pub fn subject(&self) -> &str {
         &self.sub
     }
 
-    /// A short, stable tag for logs: the first 12 hex digits of
-    /// SHA-256("fal-proxy user" ‖ sub). Providers' subjects are random ids,
-    /// so the tag cannot be turned back into one, yet the same user has the
-    /// same tag on every instance.
-    pub fn tag(&self) -> String {
-        let digest = Sha256::new()
-            .chain_update(b"fal-proxy user\0")
-            .chain_update(self.sub.as_bytes())
-            .finalize();
-        digest[..6]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+    /// A short tag for logs: the first 12 hex digits of an HMAC-SHA-256 of
+    /// `sub`, keyed with a digest of the deployment's secret (the server's
+    /// fal key, else the JWT secret): the same user has the same tag on
+    /// every instance of a deployment, and without the secret a tag cannot
+    /// be traced back to a `sub`, however guessable. With neither secret
+    /// (a JWKS in `user` mode) the key is fixed, and only the randomness of
+    /// the provider's ids protects them.
+    pub fn tag(&self) -> &str {
+        &self.tag
     }
 }
 
@@ -120,8 +135,18 @@ impl Auth {
             }
             Some(secret) => Some(Arc::new(VerifyingKey::Hmac(secret.into_bytes()))),
         };
-        let issuers = list(get(vars::AUTH_ISSUER));
-        let audiences = list(get(vars::AUTH_AUDIENCE));
+        let issuers = claim_list(get(vars::AUTH_ISSUER), vars::AUTH_ISSUER)?;
+        let audiences = claim_list(get(vars::AUTH_AUDIENCE), vars::AUTH_AUDIENCE)?;
+        if audiences.is_empty()
+            && jwks_url
+                .as_deref()
+                .is_some_and(|url| url.contains(SHARED_FIREBASE_KEYS))
+        {
+            return Err(ConfigError::new(
+                vars::AUTH_AUDIENCE,
+                "is required with Firebase's key set, which signs every Firebase project's tokens: set it to your project id",
+            ));
+        }
         if jwks_url.is_none() && secret.is_none() {
             if !issuers.is_empty() || !audiences.is_empty() {
                 let var = if issuers.is_empty() {
@@ -137,7 +162,11 @@ impl Auth {
             return Ok(None);
         }
         Ok(Some(Self {
-            rules: Arc::new(Rules { issuers, audiences }),
+            rules: Arc::new(Rules {
+                issuers,
+                audiences,
+                tag_key: tag_key(&get),
+            }),
             secret,
             jwks: jwks_url.map(|url| Arc::new(KeySetCache::new(url))),
             verified: Arc::default(),
@@ -159,6 +188,14 @@ impl Auth {
         }
         if !self.rules.audiences.is_empty() {
             line.push_str(&format!(", audience {}", self.rules.audiences.join("|")));
+        }
+        if self.jwks.is_some() && (self.rules.issuers.is_empty() || self.rules.audiences.is_empty())
+        {
+            line.push_str(&format!(
+                "; WARNING: without {} and {} any token these keys sign is accepted, including other apps' of the same provider",
+                vars::AUTH_ISSUER,
+                vars::AUTH_AUDIENCE
+            ));
         }
         line
     }
@@ -186,7 +223,9 @@ impl Auth {
             let cache = self.jwks.as_ref().ok_or(ProxyError::Unauthenticated)?;
             let keys = cache.keys(source, token.kid(), now).await?;
             let verified = verify::check(&token, keys.candidates(&token), &self.rules, now)?;
-            (verified, cache.fresh_version(now))
+            // The version of the set that verified it, not the one in use
+            // by now: another request may have stored a newer set meanwhile.
+            (verified, Some(keys.version()))
         };
         let identity = verified.identity.clone();
         let mut memory = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
@@ -246,6 +285,37 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Bearer, ProxyError> {
         return Err(ProxyError::Unauthenticated);
     }
     Ok(Bearer(token.to_owned()))
+}
+
+/// The key of the log tags: a digest of the deployment's secret.
+fn tag_key(get: &impl Fn(&str) -> Option<String>) -> [u8; 32] {
+    let secret = get(vars::FAL_KEY)
+        .or_else(|| get(vars::FAL_KEY_SECRET))
+        .or_else(|| get(vars::AUTH_JWT_SECRET))
+        .unwrap_or_default();
+    Sha256::new()
+        .chain_update(b"fal-proxy user tag\0")
+        .chain_update(secret.as_bytes())
+        .finalize()
+        .into()
+}
+
+/// The path of the key set Google signs every Firebase project's ID tokens
+/// with: only the audience (the project id) tells one app's users from
+/// another's.
+const SHARED_FIREBASE_KEYS: &str = "/securetoken@system.gserviceaccount.com";
+
+/// An issuer or audience list; a value that lists nothing is an error (an
+/// empty value is unset, as for every setting).
+fn claim_list(value: Option<String>, var: &'static str) -> Result<Vec<String>, ConfigError> {
+    let listed = list(value.clone());
+    if value.is_some() && listed.is_empty() {
+        return Err(ConfigError::new(
+            var,
+            "lists nothing; leave it unset to skip the check",
+        ));
+    }
+    Ok(listed)
 }
 
 /// The JWKS URL: https, or plain http on a loopback host (for tests).

@@ -23,6 +23,8 @@ pub(crate) struct Rules {
     pub(crate) issuers: Vec<String>,
     /// Any one must be in `aud`; empty: not checked.
     pub(crate) audiences: Vec<String>,
+    /// The key of users' log tags.
+    pub(crate) tag_key: [u8; 32],
 }
 
 /// The JWS algorithms verified (RFC 7518 and 8037). `none` is not one.
@@ -303,9 +305,7 @@ fn check_claims(claims: &Map<String, Value>, rules: &Rules, now: u64) -> Option<
         return None;
     }
     Some(Verified {
-        identity: Identity {
-            sub: sub.to_owned(),
-        },
+        identity: Identity::new(sub, &rules.tag_key),
         from,
         until,
     })
