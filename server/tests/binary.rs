@@ -269,7 +269,7 @@ async fn chunked_body_over_the_limit_is_413() {
 }
 
 #[tokio::test]
-async fn redirects_are_passed_back_not_followed() {
+async fn redirects_off_the_allow_list_are_refused_not_followed() {
     let (port, hits) = upstream(|_, mut stream| async move {
         let _ = stream
             .write_all(b"HTTP/1.1 302 Found\r\nlocation: https://evil.example/steal\r\ncontent-length: 0\r\n\r\n")
@@ -290,9 +290,16 @@ async fn redirects_are_passed_back_not_followed() {
         .send()
         .await
         .expect("response");
-    assert_eq!(response.status(), 302);
-    assert_eq!(response.headers()["location"], "https://evil.example/steal");
+    // The browser's fetch would follow a redirect with the same headers (a
+    // visitor's key included): one that leaves the allow-list never reaches it.
+    assert_eq!(response.status(), 502);
+    assert!(response.headers().get("location").is_none());
+    let body: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
+    assert_eq!(body["error_type"], "upstream_redirect");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.log().await.contains("error=upstream_redirect"));
 }
 
 #[tokio::test]

@@ -72,6 +72,13 @@ pub enum ProxyError {
     /// A fault of the proxy itself.
     #[error("The proxy failed to handle this request.")]
     Internal,
+    /// The upstream answered with a redirect to a URL the proxy would not
+    /// send a request to (a browser would follow it with the same headers).
+    #[error("The fal API answered with a redirect to a URL this proxy does not allow.")]
+    UpstreamRedirect,
+    /// The browser stopped sending its request body.
+    #[error("The request body stopped arriving before it was complete.")]
+    RequestBodyTimeout,
 }
 
 impl ProxyError {
@@ -91,7 +98,10 @@ impl ProxyError {
             | Self::OriginNotAllowed
             | Self::HostNotAllowed => StatusCode::FORBIDDEN,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UpstreamUnreachable | Self::UpstreamBroken => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable | Self::UpstreamBroken | Self::UpstreamRedirect => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -118,6 +128,8 @@ impl ProxyError {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBroken => "upstream_error",
             Self::Internal => "internal_error",
+            Self::UpstreamRedirect => "upstream_redirect",
+            Self::RequestBodyTimeout => "request_body_timeout",
         }
     }
 
@@ -173,6 +185,13 @@ pub enum UpstreamError {
     /// The request body turned out larger than the limit while streaming.
     #[error("request body over the limit")]
     BodyTooLarge,
+    /// The browser's request body was malformed (for example bad chunked
+    /// framing) or broke off: the browser's fault, not the upstream's.
+    #[error("request body malformed")]
+    RequestBodyBroken,
+    /// The browser's request body made no progress for too long.
+    #[error("request body stalled")]
+    RequestBodyStalled,
 }
 
 impl UpstreamError {
@@ -218,6 +237,8 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Timeout => Self::UpstreamTimeout,
             UpstreamError::Broken => Self::UpstreamBroken,
             UpstreamError::BodyTooLarge => Self::BodyTooLarge,
+            UpstreamError::RequestBodyBroken => Self::InvalidRequest,
+            UpstreamError::RequestBodyStalled => Self::RequestBodyTimeout,
         }
     }
 }
@@ -247,6 +268,8 @@ mod tests {
             ProxyError::UpstreamTimeout,
             ProxyError::UpstreamBroken,
             ProxyError::Internal,
+            ProxyError::UpstreamRedirect,
+            ProxyError::RequestBodyTimeout,
         ];
         for error in all {
             let response = error.to_response();

@@ -876,3 +876,4 @@ fn authentication_with_user_keys_and_without_a_clock() {
     assert_eq!(error_of(&response), Some(ProxyError::Internal));
     assert_eq!(fal.count(), 1);
 }
+mod hardening;
