@@ -5,9 +5,18 @@
 # and through the official Node proxy (@fal-ai/server-proxy with Express,
 # installed from npm into bench/reference; skip it with --no-reference).
 # Release builds; about two minutes once built. Loopback only, bounded in time.
+#
+# `scripts/bench.sh --soak` instead sends 100,000 requests at concurrency 64
+# (plain, streaming and refused) through the native server, checks every
+# answer, and fails on any unexpected one or when the server's resident memory
+# at the end is more than 10% away from what it was after a warm-up. Not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p fal-proxy-server -p fal-proxy-bench
+if [[ "${1:-}" == "--soak" ]]; then
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  exec target/release/fal-proxy-bench --soak target/release/fal-proxy-server
+fi
 reference=()
 if [[ "${1:-}" != "--no-reference" ]]; then
   (cd bench/reference && npm ci --no-audit --no-fund --loglevel=error)

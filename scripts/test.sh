@@ -28,6 +28,15 @@ scripts/build-playground.sh --check   # the committed public/playground.js is wh
 step "Rust tests (unit, contract, doc, the server, Lambda runtime API)"
 cargo test --workspace --all-features
 
+step "fuzz: every target of fuzz/ for a few seconds (cargo fuzz, nightly; the long run is in the README)"
+eval "$(scripts/tools/fuzz.sh)"   # cargo-fuzz, and the nightly toolchain libFuzzer needs
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+(cd fuzz && cargo +nightly fuzz build -s none &&
+  for target in $(cargo +nightly fuzz list); do
+    cargo +nightly fuzz run -s none "$target" -- -max_total_time="${FAL_PROXY_FUZZ_SECS:-3}" -rss_limit_mb=1024 2>&1 | tail -n 1
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzz target $target failed; see fuzz/artifacts/$target" >&2; exit 1; }
+  done)
+
 step "build the targets"
 cargo build --locked -p fal-proxy-server
 scripts/build-vercel.sh

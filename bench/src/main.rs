@@ -9,6 +9,8 @@
 
 #![allow(clippy::expect_used, clippy::panic)] // a measuring tool: fail loudly
 
+mod soak;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
@@ -33,13 +35,25 @@ const SSE_SAMPLES: usize = 50;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[tokio::main]
-async fn main() {
-    let mut args = std::env::args().skip(1);
+async fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1).peekable();
+    let soak = args.next_if(|arg| arg == "--soak").is_some();
     let proxy_bin = args
         .next()
         .unwrap_or_else(|| "target/release/fal-proxy-server".to_owned());
     let reference_script = args.next();
     let mock = start_mock().await;
+    if soak {
+        let contender = Contender::start("fal-proxy", &proxy_bin, &[], mock).await;
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(128)
+            .build_http();
+        return if soak::run(&client, &contender).await {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
     let mut contenders = vec![Contender::start("fal-proxy", &proxy_bin, &[], mock).await];
     if let Some(script) = &reference_script {
         contenders
@@ -119,6 +133,7 @@ async fn main() {
     for mut contender in contenders {
         let _ = contender.child.kill().await;
     }
+    std::process::ExitCode::SUCCESS
 }
 
 /// A proxy under measurement, in its own process, pointed at the mock.

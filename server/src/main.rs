@@ -11,6 +11,13 @@
 //! It also serves the playground page (`public/`, embedded in the binary) at
 //! `/`, unless `FAL_PROXY_PLAYGROUND=off`.
 //!
+//! Bound beyond loopback (`HOST=0.0.0.0`), it refuses to start without
+//! `FAL_PROXY_ALLOWED_HOSTS` (`*` opts out of the Host check explicitly).
+//! It raises its soft open-file limit to the hard one and caps open
+//! connections (`FAL_PROXY_MAX_CONNECTIONS`, derived from that limit),
+//! shedding silent and idle ones first, so a flood of silent connections
+//! cannot lock clients out.
+//!
 //! It logs one line per request (method, target host and path, status,
 //! duration, bytes; the error, an unreachable upstream's cause, a refused
 //! origin) and never a key or a query, as text or, with
@@ -19,11 +26,13 @@
 //! a page on another origin needs. SIGTERM or Ctrl-C stops accepting, lets
 //! open requests finish for up to ten seconds, then exits.
 
+mod connections;
 mod playground;
 
+use connections::{AcceptErrors, Connections, InFlight};
 use fal_proxy_core::{
-    Config, DrainOnDrop, Hints, Level, LogFormat, LogLine, LoggedBody, PROXY_PATH, Proxy,
-    ProxyBody, RequestContext, ReqwestBody, ReqwestUpstream, vars,
+    Config, DrainOnDrop, Exchange, Hints, Level, LogFormat, LogLine, LoggedBody, PROXY_PATH, Proxy,
+    ProxyBody, ProxyError, RequestContext, ReqwestBody, ReqwestUpstream, vars,
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -71,6 +80,14 @@ async fn run() -> Result<(), String> {
     // web page whose DNS name is rebound to 127.0.0.1 must not be able to
     // use the key (its requests carry its own name in `Host`).
     let loopback = address.ip().is_loopback();
+    if !loopback && env(vars::ALLOWED_HOSTS).is_none_or(|hosts| hosts.trim().is_empty()) {
+        return Err(format!(
+            "refusing to listen on {address} without {}: a web page whose DNS name is re-pointed at this address could use the key. Set it to the host names clients use (for example proxy.example.com), or to * to answer any Host",
+            vars::ALLOWED_HOSTS
+        ));
+    }
+    let open_files = connections::raise_open_file_limit();
+    let cap = connections::cap(env(connections::MAX_CONNECTIONS_VAR), open_files)?;
     let lookup = |name: &str| {
         let value = env(name).filter(|value| !value.trim().is_empty());
         if name == vars::ALLOWED_HOSTS && value.is_none() && loopback {
@@ -89,6 +106,16 @@ async fn run() -> Result<(), String> {
     let summary = config.summary();
     let proxy = Arc::new(Proxy::new(config, "native"));
     let upstream = Arc::new(upstream);
+
+    let connections = Connections::new(cap);
+    match open_files {
+        Some(limit) => say(
+            format,
+            Level::Info,
+            format!("max connections: {cap} (open-file limit {limit})"),
+        ),
+        None => say(format, Level::Info, format!("max connections: {cap}")),
+    }
 
     let listener = TcpListener::bind(address)
         .await
@@ -114,25 +141,55 @@ async fn run() -> Result<(), String> {
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut accept_errors = AcceptErrors::default();
+    let mut pacing = Duration::ZERO;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(connection) => connection,
                     Err(error) => {
-                        say(format, Level::Warn, format!("accept failed: {error}"));
+                        if let Some(suppressed) = accept_errors.record(Instant::now()) {
+                            say(format, Level::Warn, format!("accept failed: {error} ({suppressed} more since the last line)"));
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let stream = Arc::new(stream);
+                // Over the cap with every connection busy: close at once.
+                let Some(admitted) = connections.admit(Some(Arc::clone(&stream))) else {
+                    continue;
+                };
+                let pace = admitted.pace();
                 let proxy = Arc::clone(&proxy);
                 let upstream = Arc::clone(&upstream);
+                let slot = Arc::clone(admitted.slot());
+                let stream = connections::Watched::new(stream, Arc::clone(&slot));
                 let client_ip = peer.ip();
-                let service = service_fn(move |request| handle(Arc::clone(&proxy), Arc::clone(&upstream), playground, client_ip, request));
+                let service = service_fn(move |request| {
+                    handle(Arc::clone(&proxy), Arc::clone(&upstream), playground, client_ip, slot.request(), request)
+                });
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
-                tokio::spawn(connection);
+                tokio::spawn(async move {
+                    let slot = Arc::clone(admitted.slot());
+                    // Shed to make room: dropping the connection closes it.
+                    tokio::select! {
+                        _ = connection => {}
+                        () = slot.shed() => {}
+                    }
+                    drop(admitted);
+                });
+                // While shedding, pace the accepts (see `connections`); the
+                // timer's resolution is a millisecond, so short waits add up.
+                pacing += pace;
+                if pacing >= Duration::from_millis(1) {
+                    tokio::time::sleep(std::mem::take(&mut pacing)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
             }
             () = &mut shutdown => break,
         }
@@ -158,6 +215,7 @@ async fn handle(
     upstream: Arc<ReqwestUpstream>,
     playground: bool,
     client_ip: IpAddr,
+    in_flight: InFlight,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<LoggedBody<ReqwestBody>>, std::convert::Infallible> {
     let started = Instant::now();
@@ -171,14 +229,28 @@ async fn handle(
     request
         .extensions_mut()
         .insert(RequestContext::new(SystemTime::now(), Some(client_ip)));
-    let response = proxy.forward(upstream.as_ref(), request).await;
+    let mut response = proxy.forward(upstream.as_ref(), request).await;
+    // A stalled body is not read out: close the connection after the answer.
+    let stalled = response
+        .extensions()
+        .get::<Exchange>()
+        .and_then(Exchange::error)
+        == Some(ProxyError::RequestBodyTimeout);
+    if stalled {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     if let Some(hint) = HINTS.line(&response, now) {
         eprintln!("{hint}");
     }
-    Ok(LoggedBody::wrap(response, started, |line| {
+    // The connection counts as busy until the response body is done.
+    Ok(LoggedBody::wrap(response, started, move |line| {
+        drop(in_flight);
         eprintln!("{line}")
     }))
 }

@@ -81,7 +81,10 @@ pub mod vars {
         AUTH_AUDIENCE,
         LOG_FORMAT,
         USE_ENV_PROXY,
+        BODY_IDLE_TIMEOUT_SECS,
     ];
+    /// Seconds a streamed request body may go without progress.
+    pub const BODY_IDLE_TIMEOUT_SECS: &str = "FAL_PROXY_BODY_IDLE_TIMEOUT_SECS";
 }
 
 /// A setting that is present but wrong. Names the variable; never echoes a key.
@@ -129,6 +132,7 @@ pub struct Config {
     pub(crate) allowed_hosts: Option<Vec<String>>,
     pub(crate) max_body_bytes: u64,
     pub(crate) timeout: Duration,
+    pub(crate) body_idle_timeout: Duration,
     pub(crate) upstream: Option<String>,
     pub(crate) log_format: LogFormat,
     pub(crate) egress: Option<EgressProxy>,
@@ -155,6 +159,7 @@ impl fmt::Debug for Config {
             .field("allowed_hosts", &self.allowed_hosts)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("timeout", &self.timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
             .field("upstream", &self.upstream)
             .field("log_format", &self.log_format)
             .field("egress", &self.egress)
@@ -274,6 +279,9 @@ impl Config {
 
         let allowed_hosts = match get(vars::ALLOWED_HOSTS) {
             None => None,
+            // An explicit opt-out: any host (a native server bound beyond
+            // loopback refuses to start without the variable).
+            Some(value) if value.trim() == "*" => None,
             Some(value) => {
                 let mut hosts = Vec::new();
                 for host in list(Some(value)) {
@@ -322,6 +330,9 @@ impl Config {
                 })?,
         };
 
+        let body_idle_timeout =
+            crate::progress::parse_idle_timeout(get(vars::BODY_IDLE_TIMEOUT_SECS))?;
+
         let upstream = match get(vars::UPSTREAM) {
             None => None,
             Some(value) => Some(parse_upstream(value.trim())?),
@@ -341,6 +352,7 @@ impl Config {
             allowed_hosts,
             max_body_bytes,
             timeout,
+            body_idle_timeout,
             upstream,
             log_format,
             egress,
@@ -378,6 +390,11 @@ impl Config {
     /// How long a target waits for the upstream's response head.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// How long a streamed request body may go without a byte arriving.
+    pub fn body_idle_timeout(&self) -> Duration {
+        self.body_idle_timeout
     }
 
     /// The test-seam origin standing in for fal, when one is set.

@@ -1,6 +1,7 @@
 //! Cross-origin access: off unless origins are configured.
 
 use crate::error::ProxyError;
+use crate::host::HostHeader;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -65,8 +66,13 @@ impl Cors {
 
     /// Checks the request's `Origin`. `Ok(Some(origin))` when the response
     /// must carry CORS headers for it, `Ok(None)` when none are needed (no
-    /// `Origin`, or the proxy's own origin).
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, ProxyError> {
+    /// `Origin`, or the proxy's own origin). `scheme` is the request's own
+    /// scheme where the target knows it (an absolute request URI).
+    pub(crate) fn check(
+        &self,
+        headers: &HeaderMap,
+        scheme: Option<&str>,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
         let Some(origin) = headers.get(header::ORIGIN) else {
             return Ok(None);
         };
@@ -74,7 +80,7 @@ impl Cors {
         if self.allows(text) {
             return Ok(Some(origin.clone()));
         }
-        if is_same_origin(text, headers) {
+        if is_same_origin(text, headers, scheme) {
             return Ok(None);
         }
         Err(ProxyError::OriginNotAllowed)
@@ -193,21 +199,46 @@ pub(crate) fn browser_summary(cors: Option<&Cors>, own_origin: Option<&str>) -> 
     }
 }
 
-/// A browser request from a page served by the proxy's own host.
-pub(crate) fn is_same_origin(origin: &str, headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+/// A browser request from a page served by the proxy's own host: an `Origin`
+/// exactly as a browser serializes one (`http(s)://host[:port]`: no path,
+/// user-info, query, fragment or default port) whose host and effective port
+/// are the strictly parsed `Host`'s, and whose scheme is the request's where
+/// the target knows it. A target that does not (the native server, which may
+/// sit behind a TLS terminator) accepts either scheme on the matching port.
+pub(crate) fn is_same_origin(origin: &str, headers: &HeaderMap, scheme: Option<&str>) -> bool {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(HostHeader::parse)
+    else {
         return false;
     };
     let Ok(url) = url::Url::parse(origin) else {
         return false;
     };
-    match (url.host_str(), url.port()) {
-        (Some(origin_host), None) => origin_host.eq_ignore_ascii_case(host),
-        (Some(origin_host), Some(port)) => {
-            host.eq_ignore_ascii_case(&format!("{origin_host}:{port}"))
-        }
-        _ => false,
+    if !matches!(url.scheme(), "http" | "https")
+        || !url
+            .origin()
+            .ascii_serialization()
+            .eq_ignore_ascii_case(origin)
+    {
+        return false;
     }
+    if scheme.is_some_and(|scheme| !scheme.eq_ignore_ascii_case(url.scheme())) {
+        return false;
+    }
+    let Some(origin_host) = url.host_str() else {
+        return false;
+    };
+    let origin_host = origin_host.trim_start_matches('[').trim_end_matches(']');
+    // A `Host` without a port means the default port of the request's scheme.
+    let default_port = if scheme.unwrap_or(url.scheme()).eq_ignore_ascii_case("http") {
+        80
+    } else {
+        443
+    };
+    let host_port = host.port.or(Some(default_port));
+    origin_host.eq_ignore_ascii_case(host.name) && url.port_or_known_default() == host_port
 }
 
 #[cfg(test)]
@@ -291,7 +322,7 @@ mod tests {
             ),
         ];
         for (cors, pairs, expected) in cases {
-            let got = cors.check(&headers(pairs));
+            let got = cors.check(&headers(pairs), None);
             let got = got
                 .as_ref()
                 .map(|o| o.as_ref().map(|v| v.to_str().unwrap()));

@@ -20,6 +20,9 @@ use std::time::Duration;
 const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// The longest a refused body is read out.
 const DRAIN_MAX_TIME: Duration = Duration::from_secs(30);
+/// The longest the read-out waits for the next chunk: a body that stopped
+/// arriving (a stalled browser) is not waited for, so its connection closes.
+const DRAIN_MAX_IDLE: Duration = Duration::from_secs(2);
 
 /// A request body that is read out in the background if dropped unfinished.
 /// Needs a Tokio runtime when dropped; without one it is simply dropped.
@@ -85,7 +88,9 @@ where
         runtime.spawn(async move {
             let read_out = async {
                 let mut seen = 0u64;
-                while let Some(Ok(frame)) = body.frame().await {
+                while let Ok(Some(Ok(frame))) =
+                    tokio::time::timeout(DRAIN_MAX_IDLE, body.frame()).await
+                {
                     seen += frame.data_ref().map_or(0, |data| data.len() as u64);
                     if seen > DRAIN_MAX_BYTES {
                         break;

@@ -5,9 +5,11 @@ use crate::config::Config;
 use crate::cors::Cors;
 use crate::error::{Cause, ProxyError, UpstreamError};
 use crate::headers::{filter_response_headers, upstream_request_headers};
+use crate::host;
 use crate::info;
 use crate::key;
 use crate::log::{Hint, Level, LogFormat, LogLine, untrusted};
+use crate::redirect;
 use crate::target::Target;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -76,6 +78,8 @@ impl RequestContext {
 pub struct Exchange {
     method: Method,
     target: Option<(String, String)>,
+    /// The whole target URL, query included: the base a redirect resolves against.
+    target_url: Option<String>,
     cors_origin: Option<HeaderValue>,
     error: Option<ProxyError>,
     /// Why the upstream was unreachable.
@@ -97,6 +101,7 @@ impl Exchange {
         Self {
             method,
             target: None,
+            target_url: None,
             cors_origin: None,
             error: None,
             cause: None,
@@ -263,11 +268,16 @@ impl Proxy {
         U: Upstream<B>,
     {
         match upstream.send(request).await {
-            Ok(response) => (
-                self.response_filter(&exchange, response)
-                    .map(ProxyBody::Upstream),
-                exchange,
-            ),
+            Ok(response) => match self.response_filter(&exchange, response) {
+                Ok(response) => (response.map(ProxyBody::Upstream), exchange),
+                Err(error) => {
+                    exchange.error = Some(error);
+                    (
+                        self.error_response(&exchange, error).map(ProxyBody::Full),
+                        exchange,
+                    )
+                }
+            },
             Err(error) => {
                 exchange.cause = error.cause();
                 let error = ProxyError::from(error);
@@ -353,7 +363,7 @@ impl Proxy {
         };
         if origin
             .to_str()
-            .is_ok_and(|text| crate::cors::is_same_origin(text, headers))
+            .is_ok_and(|text| crate::cors::is_same_origin(text, headers, None))
         {
             return;
         }
@@ -408,12 +418,12 @@ impl Proxy {
             return Err(ProxyError::NotFound);
         }
         if let Some(hosts) = &self.config.allowed_hosts
-            && !host_is_allowed(request.headers(), hosts)
+            && !host::is_allowed(request.headers(), hosts)
         {
             return Err(ProxyError::HostNotAllowed);
         }
         if let Some(cors) = &self.config.cors {
-            exchange.cors_origin = cors.check(request.headers())?;
+            exchange.cors_origin = cors.check(request.headers(), request.uri().scheme_str())?;
         }
         let method = request.method();
         if method == Method::OPTIONS {
@@ -439,6 +449,7 @@ impl Proxy {
 
         let target = Target::from_headers(request.headers())?;
         exchange.target = Some((target.host().to_owned(), target.path().to_owned()));
+        exchange.target_url = Some(target.as_str().to_owned());
         self.config.allow_urls.check(&target)?;
         if let Some(endpoints) = &self.config.allow_endpoints {
             endpoints.check(request.method(), &target)?;
@@ -476,15 +487,25 @@ impl Proxy {
 
     /// Phase 3: maps the upstream response for the browser. The body is
     /// moved through untouched; `content-length` and `content-encoding` stay,
-    /// and a target that re-frames or decodes the body drops them.
+    /// and a target that re-frames or decodes the body drops them. A
+    /// redirect whose `Location` is not itself an allowed target is refused
+    /// ([`ProxyError::UpstreamRedirect`]): the browser would follow it with
+    /// the same headers.
     pub fn response_filter<B>(
         &self,
         exchange: &Exchange,
         mut response: Response<B>,
-    ) -> Response<B> {
+    ) -> Result<Response<B>, ProxyError> {
+        redirect::check(
+            &self.config,
+            &exchange.method,
+            exchange.target_url.as_deref(),
+            response.status(),
+            response.headers(),
+        )?;
         filter_response_headers(response.headers_mut());
         self.cors_headers(exchange, response.headers_mut());
-        response
+        Ok(response)
     }
 
     /// CORS headers for an allowed origin (never set for a refused one);
@@ -517,22 +538,6 @@ enum Checked {
     Preflight,
     /// The proxy's self-description ([`info::INFO_PATH`]), answered by the proxy.
     Info,
-}
-
-/// Whether the request's `Host` (its name, without the port or an IPv6
-/// literal's brackets) is listed.
-fn host_is_allowed(headers: &http::HeaderMap, hosts: &[String]) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.strip_prefix('[') {
-        // An IPv6 literal: `[::1]:3000`.
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
-    };
-    hosts
-        .iter()
-        .any(|allowed| allowed.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]

@@ -37,6 +37,12 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
     "set-cookie",
     "set-cookie2",
     "alt-svc",
+    // Origin-wide: they would act on the app's own origin, not fal's
+    // (`Clear-Site-Data` could wipe the page's storage, a saved key included).
+    // The proxy's own answers (its 401) are not filtered here.
+    "clear-site-data",
+    "strict-transport-security",
+    "www-authenticate",
 ];
 
 /// The headers sent upstream for a browser request's headers.
@@ -46,10 +52,12 @@ pub(crate) fn upstream_request_headers(
     client_proxy: &HeaderValue,
 ) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(incoming.keys_len() + 2);
+    let hop_by_hop = connection_named(incoming);
     for (name, value) in incoming {
-        let wanted = FORWARDED_REQUEST_HEADERS.contains(name)
+        let wanted = (FORWARDED_REQUEST_HEADERS.contains(name)
             || (name.as_str().starts_with("x-fal-")
-                && !PROXY_ONLY_HEADERS.contains(&name.as_str()));
+                && !PROXY_ONLY_HEADERS.contains(&name.as_str())))
+            && !hop_by_hop.contains(name);
         if wanted {
             out.append(name.clone(), value.clone());
         }
@@ -62,18 +70,36 @@ pub(crate) fn upstream_request_headers(
     out
 }
 
-/// Strips what must not reach the browser from an upstream response's headers.
-pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
-    // Headers the upstream itself names as hop-by-hop in `Connection`.
-    let named: Vec<HeaderName> = headers
+/// The headers a message names as hop-by-hop in its `Connection` header(s).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+        .collect()
+}
+
+/// Strips what must not reach the browser from an upstream response's headers.
+pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
+    // Headers the upstream itself names as hop-by-hop in `Connection`.
+    for name in connection_named(headers) {
         headers.remove(name);
+    }
+    // A `content-length` that may not frame the body sent on: beside a
+    // `transfer-encoding` (which wins, RFC 9112 6.3), repeated, or not a
+    // plain number. The target then frames the body itself.
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let framing = match (lengths.next(), lengths.next()) {
+        (Some(length), None) => {
+            !length.is_empty() && length.as_bytes().iter().all(u8::is_ascii_digit)
+        }
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if !framing || headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     for name in DROPPED_RESPONSE_HEADERS {
         headers.remove(*name);
@@ -161,9 +187,9 @@ mod tests {
             ("upgrade", "h2c"),
         ]);
         filter_response_headers(&mut headers);
+        // `content-length` beside `transfer-encoding` does not frame the body.
         let expected = map(&[
             ("content-type", "text/event-stream"),
-            ("content-length", "10"),
             ("content-encoding", "gzip"),
             ("x-fal-request-id", "r1"),
             ("x-fal-needs-retry", "0"),

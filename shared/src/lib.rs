@@ -91,10 +91,13 @@ mod error;
 mod forward;
 mod function;
 mod headers;
+mod host;
 mod info;
 mod key;
 mod log;
 mod pattern;
+mod progress;
+mod redirect;
 mod target;
 
 #[cfg(feature = "http-body")]
@@ -118,6 +121,7 @@ pub use headers::CLIENT_PROXY_HEADER;
 pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
 pub use log::{Hint, Hints, Level, LogFormat, LogLine};
+pub use progress::DEFAULT_BODY_IDLE_TIMEOUT;
 pub use target::{TARGET_URL_HEADER, Target};
 
 #[cfg(feature = "http-body")]

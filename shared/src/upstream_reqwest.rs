@@ -5,6 +5,7 @@ use crate::body::{BoxError, is_body_limit_error, limit_body};
 use crate::config::Config;
 use crate::error::{Cause, UpstreamError};
 use crate::forward::Upstream;
+use crate::progress::{RequestBodyError, Watched};
 use bytes::Bytes;
 use http::{Request, Response};
 use std::error::Error;
@@ -23,6 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ReqwestUpstream {
     client: reqwest::Client,
     head_timeout: Duration,
+    body_idle_timeout: Duration,
     max_body_bytes: u64,
 }
 
@@ -50,6 +52,7 @@ impl ReqwestUpstream {
         Ok(Self {
             client: builder.build()?,
             head_timeout: config.timeout(),
+            body_idle_timeout: config.body_idle_timeout(),
             max_body_bytes: config.max_body_bytes(),
         })
     }
@@ -64,8 +67,11 @@ where
     type Body = reqwest::Body;
 
     async fn send(&self, request: Request<B>) -> Result<Response<reqwest::Body>, UpstreamError> {
-        let request =
-            request.map(|body| reqwest::Body::wrap(limit_body(body, self.max_body_bytes)));
+        // The limit outside the watch, so its own error is not taken for the browser's.
+        let request = request.map(|body| {
+            let watched = Watched::new(body, self.body_idle_timeout);
+            reqwest::Body::wrap(limit_body(watched, self.max_body_bytes))
+        });
         let request = reqwest::Request::try_from(request).map_err(|_| UpstreamError::Broken)?;
         match tokio::time::timeout(self.head_timeout, self.client.execute(request)).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
@@ -125,6 +131,12 @@ impl KeySetSource for ReqwestUpstream {
 }
 
 fn classify(error: &reqwest::Error) -> UpstreamError {
+    if let Some(body_error) = find_in_chain::<RequestBodyError>(error) {
+        return match body_error {
+            RequestBodyError::Stalled => UpstreamError::RequestBodyStalled,
+            RequestBodyError::Broken(_) => UpstreamError::RequestBodyBroken,
+        };
+    }
     if is_body_limit_error(error) {
         return UpstreamError::BodyTooLarge;
     }
@@ -162,6 +174,18 @@ fn cause_in_chain(error: &(dyn Error + 'static)) -> Option<Cause> {
         }
         if let Some(cause) = error.downcast_ref::<std::io::Error>().and_then(io_cause) {
             return Some(cause);
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// The first error of type `E` in `error`'s source chain.
+fn find_in_chain<'a, E: Error + 'static>(error: &'a (dyn Error + 'static)) -> Option<&'a E> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<E>() {
+            return Some(found);
         }
         current = error.source();
     }

@@ -70,8 +70,14 @@ fn a_redirect_off_the_allow_list_becomes_a_502() {
         let mut response = Response::new(Bytes::new());
         *response.status_mut() = StatusCode::FOUND;
         let headers = response.headers_mut();
-        headers.append(header::LOCATION, HeaderValue::from_static("https://fal.run/a"));
-        headers.append(header::LOCATION, HeaderValue::from_static("https://evil.example/"));
+        headers.append(
+            header::LOCATION,
+            HeaderValue::from_static("https://fal.run/a"),
+        );
+        headers.append(
+            header::LOCATION,
+            HeaderValue::from_static("https://evil.example/"),
+        );
         Ok(response)
     });
     let response = run(
@@ -133,7 +139,10 @@ fn headers_named_in_connection_are_removed_both_ways() {
     let fal = FakeFal::replying(|| {
         let mut response = Response::new(Bytes::from_static(b"{}"));
         let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("x-fal-back, close"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-fal-back, close"),
+        );
         headers.insert("x-fal-back", HeaderValue::from_static("1"));
         headers.insert("x-fal-request-id", HeaderValue::from_static("r1"));
         Ok(response)
@@ -298,7 +307,11 @@ fn host_is_parsed_strictly() {
     let response = run(
         &any,
         &fal,
-        request("POST", Some("https://fal.run/x"), &[("host", "whatever.example")]),
+        request(
+            "POST",
+            Some("https://fal.run/x"),
+            &[("host", "whatever.example")],
+        ),
     );
     assert_eq!(response.status(), StatusCode::OK);
 }
@@ -311,30 +324,135 @@ fn the_same_origin_exemption_parses_origin_strictly() {
     ]);
     // (request URI, Host, Origin, exempt)
     let cases: &[(&str, &str, &str, bool)] = &[
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example", true),
-        ("/api/fal/proxy", "proxy.example", "http://proxy.example", true),
-        ("/api/fal/proxy", "127.0.0.1:3000", "http://127.0.0.1:3000", true),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example",
+            true,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "http://proxy.example",
+            true,
+        ),
+        (
+            "/api/fal/proxy",
+            "127.0.0.1:3000",
+            "http://127.0.0.1:3000",
+            true,
+        ),
         ("/api/fal/proxy", "[::1]:3000", "http://[::1]:3000", true),
-        ("/api/fal/proxy", "PROXY.example", "https://proxy.EXAMPLE", true),
+        (
+            "/api/fal/proxy",
+            "PROXY.example",
+            "https://proxy.EXAMPLE",
+            true,
+        ),
         // the scheme, where the target knows it, must agree
-        ("https://proxy.example/api/fal/proxy", "proxy.example", "https://proxy.example", true),
-        ("https://proxy.example/api/fal/proxy", "proxy.example", "http://proxy.example", false),
-        ("http://127.0.0.1:3000/api/fal/proxy", "127.0.0.1:3000", "https://127.0.0.1:3000", false),
+        (
+            "https://proxy.example/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example",
+            true,
+        ),
+        (
+            "https://proxy.example/api/fal/proxy",
+            "proxy.example",
+            "http://proxy.example",
+            false,
+        ),
+        (
+            "http://127.0.0.1:3000/api/fal/proxy",
+            "127.0.0.1:3000",
+            "https://127.0.0.1:3000",
+            false,
+        ),
         // only http(s) origins, and only scheme://host[:port]
-        ("/api/fal/proxy", "proxy.example", "ftp://proxy.example", false),
-        ("/api/fal/proxy", "proxy.example", "ws://proxy.example", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example/", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example/path", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example?x", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example#x", false),
-        ("/api/fal/proxy", "proxy.example", "https://user@proxy.example", false),
-        ("/api/fal/proxy", "proxy.example", "https://user:pw@proxy.example", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example:443", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example.", false),
-        ("/api/fal/proxy", "proxy.example", "https://PROXY.example ", false),
-        ("/api/fal/proxy", "proxy.example:8080", "https://proxy.example", false),
-        ("/api/fal/proxy", "proxy.example", "https://proxy.example:8080", false),
-        ("/api/fal/proxy", "proxy.example:evil", "https://proxy.example:evil", false),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "ftp://proxy.example",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "ws://proxy.example",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example/",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example/path",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example?x",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example#x",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://user@proxy.example",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://user:pw@proxy.example",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example:443",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example.",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://PROXY.example ",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example:8080",
+            "https://proxy.example",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example",
+            "https://proxy.example:8080",
+            false,
+        ),
+        (
+            "/api/fal/proxy",
+            "proxy.example:evil",
+            "https://proxy.example:evil",
+            false,
+        ),
         ("/api/fal/proxy", "proxy.example", "null", false),
     ];
     for (uri, host, origin, exempt) in cases {
@@ -348,7 +466,12 @@ fn the_same_origin_exemption_parses_origin_strictly() {
         let response = run(&proxy, &fal, request);
         if *exempt {
             assert_eq!(response.status(), StatusCode::OK, "{uri} {host} {origin}");
-            assert!(response.headers().get("access-control-allow-origin").is_none());
+            assert!(
+                response
+                    .headers()
+                    .get("access-control-allow-origin")
+                    .is_none()
+            );
         } else {
             assert_eq!(
                 error_of(&response),
@@ -380,11 +503,17 @@ fn odd_paths_never_pass_an_endpoint_list() {
         "https://fal.run/fal-ai/flux/d'ev",
         "https://fal.run/fal-ai/flux/dev:x",
         "https://fal.run/fal-ai/flux/dev@x",
+        "https://fal.run//fal-ai/flux/dev",
+        "https://fal.run/fal-ai//flux/dev",
         "https://queue.fal.run/fal-ai/flux/requests/..;/..;/evil/app/requests/1/status",
         "https://queue.fal.run/fal-ai/flux/requests/%252e%252e/status",
     ] {
         let fal = FakeFal::ok();
-        let method = if target.contains("/requests/") { "GET" } else { "POST" };
+        let method = if target.contains("/requests/") {
+            "GET"
+        } else {
+            "POST"
+        };
         let response = run(&proxy, &fal, request(method, Some(target), &[]));
         assert_eq!(
             error_of(&response),
@@ -409,7 +538,11 @@ fn odd_paths_never_pass_an_endpoint_list() {
         "https://queue.fal.run/fal-ai/flux/requests/0b8e4a5e-1f2a-4c3d-9e8f-7a6b5c4d3e2f/status",
     ] {
         let fal = FakeFal::ok();
-        let method = if target.contains("/requests/") { "GET" } else { "POST" };
+        let method = if target.contains("/requests/") {
+            "GET"
+        } else {
+            "POST"
+        };
         let response = run(&proxy, &fal, request(method, Some(target), &[]));
         assert_eq!(response.status(), StatusCode::OK, "{target}");
     }

@@ -1,0 +1,439 @@
+//! Which connections the native server keeps open, so that a flood of
+//! silent connections cannot lock legitimate clients out.
+//!
+//! Every accepted connection is registered. From seven eighths of the cap
+//! on, each new connection sheds an older one that has no request in
+//! flight: first the oldest that has never sent a byte, then the oldest idle
+//! or header-incomplete one; at the cap with none to shed, the new
+//! connection is closed at once. A connection whose request is in flight (a
+//! stream, an upload) is never shed. A connection with bytes waiting in its
+//! socket counts as having spoken (checked with a peek, which consumes
+//! nothing), so a client that sent its request is not shed for a silent
+//! flood before its task got to read the head, however fast the flood
+//! reconnects. While shedding, accepting is paced so that a connection lives
+//! at least [`MIN_LIFE`] before it can be shed: a flood then waits in the
+//! kernel's backlog, and so does a legitimate client, whose request is
+//! therefore already waiting (and seen) when it is accepted. The cap leaves
+//! room in the open-file limit for the upstream
+//! connection each request needs, so `accept` does not run out of files.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// The setting that overrides the derived cap.
+pub const MAX_CONNECTIONS_VAR: &str = "FAL_PROXY_MAX_CONNECTIONS";
+
+/// Files kept for everything but connections (stdio, the runtime, the
+/// listener, DNS, TLS roots).
+const RESERVED_FILES: u64 = 64;
+
+/// The least time a connection is kept before it may be shed.
+pub const MIN_LIFE: Duration = Duration::from_millis(50);
+
+/// The smallest and largest derived caps.
+const MIN_CAP: u64 = 16;
+const MAX_CAP: u64 = 1_000_000;
+
+/// Raises the soft open-file limit to the hard one and returns the limit in
+/// force (`None` where it cannot be read).
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => Some(limit),
+            Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The cap: `FAL_PROXY_MAX_CONNECTIONS` when set, else half of what the
+/// open-file limit leaves after a reserve (each request holds two files:
+/// the browser's connection and the upstream one).
+pub fn cap(setting: Option<String>, open_files: Option<u64>) -> Result<usize, String> {
+    let cap = match setting.filter(|value| !value.trim().is_empty()) {
+        Some(value) => value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|cap| (1..=MAX_CAP).contains(cap))
+            .ok_or_else(|| {
+                format!("invalid {MAX_CONNECTIONS_VAR}: expected a number from 1 to {MAX_CAP}")
+            })?,
+        None => match open_files {
+            Some(limit) => (limit.saturating_sub(RESERVED_FILES) / 2).clamp(MIN_CAP, MAX_CAP),
+            None => 4096,
+        },
+    };
+    usize::try_from(cap).map_err(|_| format!("invalid {MAX_CONNECTIONS_VAR}: too large"))
+}
+
+/// The open connections, oldest first.
+#[derive(Debug)]
+pub struct Connections {
+    cap: usize,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    open: BTreeMap<u64, Arc<Slot>>,
+}
+
+/// One connection's state, shared with its task and its requests.
+#[derive(Debug, Default)]
+pub struct Slot {
+    in_flight: AtomicUsize,
+    spoken: AtomicBool,
+    shed: Notify,
+    /// The connection's socket (shared with its task), to peek at.
+    stream: Option<Arc<TcpStream>>,
+}
+
+impl Slot {
+    fn mark_spoken(&self) {
+        self.spoken.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the client ever sent a byte, read or still waiting.
+    fn has_spoken(&self) -> bool {
+        if self.spoken.load(Ordering::Relaxed) {
+            return true;
+        }
+        let waiting = self.stream.as_ref().is_some_and(|stream| {
+            let mut byte = [MaybeUninit::uninit()];
+            // Non-blocking, consumes nothing, leaves the task's wake-up alone.
+            socket2::SockRef::from(stream.as_ref())
+                .peek(&mut byte)
+                .is_ok_and(|n| n > 0)
+        });
+        if waiting {
+            self.mark_spoken();
+        }
+        waiting
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+    }
+
+    /// Marks a request in flight until the guard is dropped (with the
+    /// response body, so a stream counts until it ends).
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Resolves when the connection is to be closed to make room.
+    pub async fn shed(&self) {
+        self.shed.notified().await;
+    }
+}
+
+/// A request in flight on a connection.
+#[derive(Debug)]
+pub struct InFlight(Arc<Slot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An admitted connection; dropping it unregisters the connection.
+#[derive(Debug)]
+pub struct Admitted {
+    connections: Arc<Connections>,
+    id: u64,
+    slot: Arc<Slot>,
+    shed_another: bool,
+}
+
+impl Admitted {
+    /// How long to wait before the next accept: while connections are being
+    /// shed, long enough that each lives [`MIN_LIFE`] before its turn.
+    pub fn pace(&self) -> Duration {
+        if self.shed_another {
+            MIN_LIFE / u32::try_from(self.connections.cap).unwrap_or(u32::MAX)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The connection's shared state.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.connections.lock().open.remove(&self.id);
+    }
+}
+
+impl Connections {
+    /// Admits at most `cap` connections at a time.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: cap.max(1),
+            registry: Mutex::new(Registry::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection, shedding the oldest idle one near the
+    /// cap; `None` when the cap is reached and every connection is busy.
+    pub fn admit(self: &Arc<Self>, stream: Option<Arc<TcpStream>>) -> Option<Admitted> {
+        let mut registry = self.lock();
+        let high_water = self.cap - self.cap / 8;
+        let mut shed_another = false;
+        if registry.open.len() >= high_water {
+            let silent = registry
+                .open
+                .iter()
+                .find(|(_, slot)| slot.is_idle() && !slot.has_spoken());
+            let victim = silent
+                .or_else(|| registry.open.iter().find(|(_, slot)| slot.is_idle()))
+                .map(|(&id, _)| id);
+            match victim.and_then(|id| registry.open.remove(&id)) {
+                Some(slot) => {
+                    slot.shed.notify_one();
+                    shed_another = true;
+                }
+                None if registry.open.len() >= self.cap => return None,
+                None => {}
+            }
+        }
+        let id = registry.next_id;
+        registry.next_id += 1;
+        let slot = Arc::new(Slot {
+            stream,
+            ..Slot::default()
+        });
+        registry.open.insert(id, Arc::clone(&slot));
+        Some(Admitted {
+            connections: Arc::clone(self),
+            id,
+            slot,
+            shed_another,
+        })
+    }
+
+    /// How many connections are registered.
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.lock().open.len()
+    }
+}
+
+/// A connection's stream, shared with its slot (which peeks at it), that
+/// marks the slot as spoken on the first byte read. I/O goes through the
+/// `&TcpStream` readiness API, as tokio documents for shared streams.
+#[derive(Debug)]
+pub struct Watched {
+    stream: Arc<TcpStream>,
+    slot: Arc<Slot>,
+}
+
+impl Watched {
+    /// Wraps `stream`, accepted for `slot`.
+    pub fn new(stream: Arc<TcpStream>, slot: Arc<Slot>) -> Self {
+        Self { stream, slot }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            ready!(this.stream.poll_read_ready(cx))?;
+            match this.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if n > 0 {
+                        this.slot.mark_spoken();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream = &self.get_mut().stream;
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let stream = &self.get_mut().stream;
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let stream = &self.get_mut().stream;
+        Poll::Ready(socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// At most one accept-error line a second; the rest are counted.
+#[derive(Debug, Default)]
+pub struct AcceptErrors {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrors {
+    /// The minimum time between two lines.
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// Records an error at `now`; `Some(n)` when a line is due, `n` being
+    /// how many were suppressed since the last one.
+    pub fn record(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < Self::EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_derived_or_set() {
+        assert_eq!(cap(None, Some(256)), Ok(96));
+        assert_eq!(cap(None, Some(1024)), Ok(480));
+        assert_eq!(cap(None, Some(10)), Ok(16));
+        assert_eq!(cap(None, Some(u64::MAX)), Ok(1_000_000));
+        assert_eq!(cap(None, None), Ok(4096));
+        assert_eq!(cap(Some("8".into()), Some(256)), Ok(8));
+        assert_eq!(cap(Some(" ".into()), Some(256)), Ok(96));
+        for bad in ["0", "-1", "lots", "1000001"] {
+            let error = cap(Some(bad.into()), None).unwrap_err();
+            assert!(error.contains(MAX_CONNECTIONS_VAR), "{error}");
+        }
+    }
+
+    #[test]
+    fn idle_connections_are_shed_oldest_first_and_busy_ones_never() {
+        let connections = Connections::new(8);
+        let mut admitted: Vec<Admitted> =
+            (0..7).map(|_| connections.admit(None).unwrap()).collect();
+        assert_eq!(connections.open(), 7);
+        // Spoken: the fourth has sent bytes, so the fifth (silent) goes first.
+        admitted[3].slot().mark_spoken();
+        // Busy: the first three have a request in flight.
+        let busy: Vec<InFlight> = admitted[..3].iter().map(|a| a.slot().request()).collect();
+        // At the high-water mark (7 of 8), each newcomer sheds the oldest idle one.
+        assert_eq!(admitted[6].pace(), Duration::ZERO);
+        let newcomer = connections.admit(None).unwrap();
+        assert_eq!(connections.open(), 7);
+        // Shedding paces the accepts: each connection lives MIN_LIFE.
+        assert_eq!(newcomer.pace(), MIN_LIFE / 8);
+        assert!(futures_now(admitted[4].slot().shed()).is_some());
+        assert!(futures_now(admitted[3].slot().shed()).is_none());
+        assert!(futures_now(admitted[0].slot().shed()).is_none());
+        // Once only busy connections are left, the cap holds.
+        let mut held = vec![newcomer.slot().request()];
+        let mut extra = vec![newcomer];
+        for _ in 0..20 {
+            let Some(next) = connections.admit(None) else {
+                break;
+            };
+            held.push(next.slot().request());
+            extra.push(next);
+        }
+        assert_eq!(connections.open(), 8);
+        assert!(connections.admit(None).is_none());
+        drop((busy, held));
+        admitted.clear();
+        extra.clear();
+        assert_eq!(connections.open(), 0);
+    }
+
+    #[test]
+    fn accept_errors_are_rate_limited() {
+        let mut errors = AcceptErrors::default();
+        let start = Instant::now();
+        assert_eq!(errors.record(start), Some(0));
+        for n in 1..=50 {
+            assert_eq!(errors.record(start + Duration::from_millis(n * 10)), None);
+        }
+        assert_eq!(errors.record(start + Duration::from_millis(1001)), Some(50));
+    }
+
+    /// Polls a future once.
+    fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let waker = std::task::Waker::noop();
+        match future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
