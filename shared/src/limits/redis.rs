@@ -27,6 +27,8 @@ impl RedisStore {
     /// A store for `url` (`redis://` or `rediss://`); a URL the client
     /// cannot use is a configuration error naming the variable only.
     pub fn new(url: &str) -> Result<Self, ConfigError> {
+        // rediss:// uses rustls; the native targets use ring's provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = redis::Client::open(url).map_err(|_| {
             ConfigError::new(
                 vars::RATE_STORE,
