@@ -123,7 +123,8 @@ pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
 pub use limits::{
     CounterStore, Counted, Counters, Failure, Hit, Limits, MemoryStore, PostJson, REDIS_SCRIPT,
-    STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, Window, forwarded_client_ip,
+    MAX_ANSWER_BYTES, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, Window,
+    forwarded_client_ip,
 };
 #[cfg(feature = "redis")]
 pub use limits::{NativeStore, RedisStore};

@@ -24,7 +24,7 @@ mod redis;
 
 pub use memory::{Counters, MemoryStore};
 pub use settings::{Failure, Limits, StoreKind, Window};
-pub use upstash::{PostJson, STORE_TIMEOUT, UpstashStore};
+pub use upstash::{MAX_ANSWER_BYTES, PostJson, STORE_TIMEOUT, UpstashStore};
 
 #[cfg(feature = "redis")]
 pub use redis::{NativeStore, RedisStore};
@@ -84,6 +84,50 @@ pub struct Hit {
     pub now: u64,
 }
 
+impl Hit {
+    /// The identity the hit counts for (the `{...}` of its keys): what a
+    /// store that keeps one object per identity (a Durable Object) is named by.
+    pub fn identity(&self) -> Option<&str> {
+        let key = self.keys.first()?;
+        let (_, rest) = key.split_once('{')?;
+        rest.split_once('}').map(|(identity, _)| identity)
+    }
+
+    /// The hit as JSON, for a store reached by a message.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "keys": self.keys,
+            "limits": self.limits,
+            "ttls": self.ttls,
+            "cost": self.cost,
+            "now": self.now,
+        })
+        .to_string()
+    }
+
+    /// A hit from [`Hit::to_json`]'s output; `None` when malformed.
+    pub fn from_json(text: &str) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        let numbers = |name: &str| -> Option<Vec<u64>> {
+            value.get(name)?.as_array()?.iter().map(serde_json::Value::as_u64).collect()
+        };
+        let keys: Vec<String> = value
+            .get("keys")?
+            .as_array()?
+            .iter()
+            .map(|key| key.as_str().map(str::to_owned))
+            .collect::<Option<_>>()?;
+        let hit = Self {
+            limits: numbers("limits")?,
+            ttls: numbers("ttls")?,
+            cost: value.get("cost")?.as_u64()?,
+            now: value.get("now")?.as_u64()?,
+            keys,
+        };
+        (hit.limits.len() == hit.keys.len() && hit.ttls.len() == hit.keys.len()).then_some(hit)
+    }
+}
+
 /// What a store did with a [`Hit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
@@ -91,6 +135,21 @@ pub struct Counted {
     pub allowed: bool,
     /// Each window's count: after charging when allowed, as it stands when not.
     pub counts: Vec<u64>,
+}
+
+impl Counted {
+    /// `[allowed, count..]` as JSON, the shape of the Redis script's answer.
+    pub fn to_json(&self) -> String {
+        let mut numbers = vec![u64::from(self.allowed)];
+        numbers.extend(&self.counts);
+        serde_json::Value::from(numbers).to_string()
+    }
+
+    /// [`Counted::to_json`]'s output, checked against `windows`.
+    pub fn from_json(body: &[u8], windows: usize) -> Result<Self, StoreError> {
+        let numbers: Vec<u64> = serde_json::from_slice(body).map_err(|_| StoreError::Invalid)?;
+        upstash::counted(numbers, windows)
+    }
 }
 
 /// Why a store could not answer. Never carries a URL or a token.

@@ -325,3 +325,19 @@ fn the_rest_command_and_its_answer() {
         assert_eq!(parse_answer(bad, 2), Err(StoreError::Invalid));
     }
 }
+
+#[test]
+fn hits_and_answers_travel_as_json() {
+    let limits = limits(&[("FAL_PROXY_RATE_LIMIT", "10/min,200/day")]).unwrap();
+    let hit = limits.hit("u:abc", 3, 1_800_000_000);
+    assert_eq!(hit.identity(), Some("u:abc"));
+    assert_eq!(Hit::from_json(&hit.to_json()), Some(hit.clone()));
+    assert_eq!(Hit::from_json("{}"), None);
+    let mut short = hit.clone();
+    short.ttls.pop();
+    assert_eq!(Hit::from_json(&short.to_json()), None);
+    let counted = Counted { allowed: true, counts: vec![3, 3] };
+    assert_eq!(counted.to_json(), "[1,3,3]");
+    assert_eq!(Counted::from_json(b"[1,3,3]", 2), Ok(counted));
+    assert_eq!(Counted::from_json(b"[1,3]", 2), Err(StoreError::Invalid));
+}

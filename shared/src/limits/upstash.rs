@@ -10,8 +10,8 @@ use std::time::Duration;
 /// How long a target waits for a store's answer, whole.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The largest store answer a target reads.
-pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The largest answer a target reads from a REST store.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// A target's HTTP client, posting one JSON body. No `Send` bound.
 pub trait PostJson {

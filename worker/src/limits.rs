@@ -1,0 +1,198 @@
+//! The Worker's rate stores: `memory` (per isolate), Upstash's REST API
+//! over `worker::Fetch`, and a Durable Object, one per identity, whose
+//! single thread applies each hit atomically and keeps the counters in its
+//! storage.
+
+use fal_proxy_core::{
+    Config, ConfigError, CounterStore, Counted, Counters, Hit, MAX_ANSWER_BYTES, MemoryStore,
+    PostJson, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, vars,
+};
+use futures_util::future::{Either, select};
+use std::pin::pin;
+use worker::{
+    Delay, DurableObject, Env, Fetch, Method, ObjectNamespace, Request, RequestInit, Response,
+    State, durable_object, wasm_bindgen,
+};
+
+/// The Durable Object binding `FAL_PROXY_RATE_STORE=durable-object` uses
+/// (declared in wrangler.toml, class [`RateLimiter`]).
+pub const BINDING: &str = "FAL_PROXY_RATE_LIMITER";
+
+/// The storage key of a limiter's counters.
+const COUNTERS: &str = "counters";
+
+/// The store the settings name.
+pub enum WorkerStore {
+    /// Counters in this isolate.
+    Memory(MemoryStore),
+    /// Upstash's REST API.
+    Upstash(UpstashStore<FetchPost>),
+    /// One [`RateLimiter`] per identity.
+    DurableObject(ObjectNamespace),
+}
+
+impl std::fmt::Debug for WorkerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Memory(_) => "WorkerStore::Memory",
+            Self::Upstash(_) => "WorkerStore::Upstash",
+            Self::DurableObject(_) => "WorkerStore::DurableObject",
+        })
+    }
+}
+
+impl WorkerStore {
+    /// The store `config` asks for; a Redis URL or a missing binding is a
+    /// bad setting (a Worker cannot open a Redis connection).
+    pub fn new(config: &Config, env: &Env) -> Result<Self, ConfigError> {
+        let Some(limits) = config.limits() else {
+            return Ok(Self::Memory(MemoryStore::new()));
+        };
+        match limits.store() {
+            StoreKind::Memory => Ok(Self::Memory(MemoryStore::new())),
+            StoreKind::Upstash { url, token } => {
+                Ok(Self::Upstash(UpstashStore::new(FetchPost, url, token)))
+            }
+            StoreKind::DurableObject => env
+                .durable_object(BINDING)
+                .map(Self::DurableObject)
+                .map_err(|_| {
+                    ConfigError {
+                        var: vars::RATE_STORE,
+                        reason: format!(
+                            "durable-object needs the {BINDING} Durable Object binding in wrangler.toml"
+                        ),
+                    }
+                }),
+            StoreKind::Redis { .. } => Err(ConfigError {
+                var: vars::RATE_STORE,
+                reason: "a Worker cannot reach redis:// directly: use Upstash's https:// REST URL or durable-object".to_owned(),
+            }),
+        }
+    }
+}
+
+impl CounterStore for WorkerStore {
+    async fn hit(&self, hit: &Hit) -> Result<Counted, StoreError> {
+        match self {
+            Self::Memory(store) => store.hit(hit).await,
+            Self::Upstash(store) => store.hit(hit).await,
+            Self::DurableObject(namespace) => {
+                within_deadline(durable_object_hit(namespace, hit)).await
+            }
+        }
+    }
+}
+
+/// Sends `hit` to its identity's limiter.
+async fn durable_object_hit(namespace: &ObjectNamespace, hit: &Hit) -> Result<Counted, StoreError> {
+    let identity = hit.identity().ok_or(StoreError::Invalid)?;
+    let stub = namespace
+        .get_by_name(identity)
+        .map_err(|_| StoreError::Unreachable)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(hit.to_json().into()));
+    let request = Request::new_with_init("https://rate-limiter/hit", &init)
+        .map_err(|_| StoreError::Unreachable)?;
+    let mut response = stub
+        .fetch_with_request(request)
+        .await
+        .map_err(|_| StoreError::Unreachable)?;
+    if response.status_code() != 200 {
+        return Err(StoreError::Unreachable);
+    }
+    let body = response.bytes().await.map_err(|_| StoreError::Unreachable)?;
+    Counted::from_json(&body, hit.keys.len())
+}
+
+/// `future`, or [`StoreError::Unreachable`] after [`STORE_TIMEOUT`].
+async fn within_deadline<T>(
+    future: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let future = pin!(future);
+    let deadline = pin!(Delay::from(STORE_TIMEOUT));
+    match select(future, deadline).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(((), _)) => Err(StoreError::Unreachable),
+    }
+}
+
+/// The Worker's [`PostJson`]: the runtime's `fetch`, redirects not followed.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchPost;
+
+impl PostJson for FetchPost {
+    async fn post_json(
+        &self,
+        url: &str,
+        token: &str,
+        body: String,
+    ) -> Result<bytes::Bytes, StoreError> {
+        within_deadline(async {
+            let headers = worker::Headers::new();
+            headers
+                .set("authorization", &format!("Bearer {token}"))
+                .map_err(|_| StoreError::Unreachable)?;
+            headers
+                .set("content-type", "application/json")
+                .map_err(|_| StoreError::Unreachable)?;
+            let mut init = RequestInit::new();
+            init.with_method(Method::Post)
+                .with_headers(headers)
+                .with_redirect(worker::RequestRedirect::Manual)
+                .with_body(Some(body.into()));
+            let request =
+                Request::new_with_init(url, &init).map_err(|_| StoreError::Unreachable)?;
+            let mut response = Fetch::Request(request)
+                .send()
+                .await
+                .map_err(|_| StoreError::Unreachable)?;
+            let body = response.bytes().await.map_err(|_| StoreError::Unreachable)?;
+            if body.len() > MAX_ANSWER_BYTES {
+                return Err(StoreError::Invalid);
+            }
+            Ok(body.into())
+        })
+        .await
+    }
+}
+
+/// One identity's counters. Workers send it a [`Hit`] as JSON; it answers
+/// [`Counted`] as JSON. A Durable Object handles one event at a time and
+/// storage reads and writes do not let another in between, so each hit is
+/// applied atomically; the counters survive eviction in its storage.
+#[durable_object(fetch)]
+pub struct RateLimiter {
+    state: State,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RateLimiter")
+    }
+}
+
+impl DurableObject for RateLimiter {
+    fn new(state: State, _env: Env) -> Self {
+        Self { state }
+    }
+
+    async fn fetch(&self, mut request: Request) -> worker::Result<Response> {
+        let text = request.text().await?;
+        let Some(hit) = Hit::from_json(&text) else {
+            return Response::error("bad hit", 400);
+        };
+        let storage = self.state.storage();
+        let mut counters = match storage.get::<String>(COUNTERS).await? {
+            Some(saved) => Counters::from_json(&saved),
+            None => Counters::default(),
+        };
+        counters.sweep(hit.now);
+        let counted = counters.apply(&hit);
+        if counted.allowed {
+            storage.put(COUNTERS, counters.to_json()).await?;
+        }
+        Response::ok(counted.to_json())
+    }
+}
