@@ -85,7 +85,16 @@ export const workerLauncher = {
     writeFileSync(
       path.join(dir, "wrangler.json"),
       JSON.stringify(
-        { name: "fal-proxy-e2e", main, compatibility_date: compatibilityDate, assets: { directory: assets }, vars },
+        {
+          name: "fal-proxy-e2e",
+          main,
+          compatibility_date: compatibilityDate,
+          assets: { directory: assets },
+          vars,
+          // The rate limiter of FAL_PROXY_RATE_STORE=durable-object, as in wrangler.toml.
+          durable_objects: { bindings: [{ name: "FAL_PROXY_RATE_LIMITER", class_name: "RateLimiter" }] },
+          migrations: [{ tag: "v1", new_sqlite_classes: ["RateLimiter"] }],
+        },
         null,
         2,
       ),
