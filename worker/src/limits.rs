@@ -7,11 +7,13 @@ use fal_proxy_core::{
     Config, ConfigError, CounterStore, Counted, Counters, Hit, MAX_ANSWER_BYTES, MemoryStore,
     PostJson, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, vars,
 };
+use futures_util::StreamExt as _;
 use futures_util::future::{Either, select};
 use std::pin::pin;
+use worker::wasm_bindgen::JsValue;
 use worker::{
-    Delay, DurableObject, Env, Fetch, Method, ObjectNamespace, Request, RequestInit, Response,
-    State, durable_object, wasm_bindgen,
+    Delay, DurableObject, Env, Fetch, ObjectNamespace, Request, Response, State, durable_object,
+    wasm_bindgen, web_sys,
 };
 
 /// The Durable Object binding `FAL_PROXY_RATE_STORE=durable-object` uses
@@ -90,20 +92,50 @@ async fn durable_object_hit(namespace: &ObjectNamespace, hit: &Hit) -> Result<Co
     let stub = namespace
         .get_by_name(identity)
         .map_err(|_| StoreError::Unreachable)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(hit.to_json().into()));
-    let request = Request::new_with_init("https://rate-limiter/hit", &init)
-        .map_err(|_| StoreError::Unreachable)?;
-    let mut response = stub
+    let request = post("https://rate-limiter/hit", None, hit.to_json())?;
+    let response = stub
         .fetch_with_request(request)
         .await
         .map_err(|_| StoreError::Unreachable)?;
     if response.status_code() != 200 {
         return Err(StoreError::Unreachable);
     }
-    let body = response.bytes().await.map_err(|_| StoreError::Unreachable)?;
-    Counted::from_json(&body, hit.keys.len())
+    Counted::from_json(&read_body(response).await?, hit.keys.len())
+}
+
+/// A POST of `body`, with a bearer token when given, redirects not followed.
+fn post(url: &str, token: Option<&str>, body: String) -> Result<Request, StoreError> {
+    let headers = web_sys::Headers::new().map_err(|_| StoreError::Unreachable)?;
+    headers
+        .set("content-type", "application/json")
+        .map_err(|_| StoreError::Unreachable)?;
+    if let Some(token) = token {
+        headers
+            .set("authorization", &format!("Bearer {token}"))
+            .map_err(|_| StoreError::Unreachable)?;
+    }
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_redirect(web_sys::RequestRedirect::Manual);
+    init.set_headers(&headers);
+    init.set_body(&JsValue::from_str(&body));
+    web_sys::Request::new_with_str_and_init(url, &init)
+        .map(Request::from)
+        .map_err(|_| StoreError::Unreachable)
+}
+
+/// A response's body, at most [`MAX_ANSWER_BYTES`].
+async fn read_body(mut response: Response) -> Result<Vec<u8>, StoreError> {
+    let mut body = Vec::new();
+    let mut chunks = response.stream().map_err(|_| StoreError::Unreachable)?;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| StoreError::Unreachable)?;
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(StoreError::Invalid);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `future`, or [`StoreError::Unreachable`] after [`STORE_TIMEOUT`].
@@ -130,29 +162,11 @@ impl PostJson for FetchPost {
         body: String,
     ) -> Result<bytes::Bytes, StoreError> {
         within_deadline(async {
-            let headers = worker::Headers::new();
-            headers
-                .set("authorization", &format!("Bearer {token}"))
-                .map_err(|_| StoreError::Unreachable)?;
-            headers
-                .set("content-type", "application/json")
-                .map_err(|_| StoreError::Unreachable)?;
-            let mut init = RequestInit::new();
-            init.with_method(Method::Post)
-                .with_headers(headers)
-                .with_redirect(worker::RequestRedirect::Manual)
-                .with_body(Some(body.into()));
-            let request =
-                Request::new_with_init(url, &init).map_err(|_| StoreError::Unreachable)?;
-            let mut response = Fetch::Request(request)
+            let response = Fetch::Request(post(url, Some(token), body)?)
                 .send()
                 .await
                 .map_err(|_| StoreError::Unreachable)?;
-            let body = response.bytes().await.map_err(|_| StoreError::Unreachable)?;
-            if body.len() > MAX_ANSWER_BYTES {
-                return Err(StoreError::Invalid);
-            }
-            Ok(body.into())
+            Ok(read_body(response).await?.into())
         })
         .await
     }
@@ -183,15 +197,20 @@ impl DurableObject for RateLimiter {
         let Some(hit) = Hit::from_json(&text) else {
             return Response::error("bad hit", 400);
         };
+        // Raw values (a JSON string), not serde: the wasm stays small.
         let storage = self.state.storage();
-        let mut counters = match storage.get::<String>(COUNTERS).await? {
-            Some(saved) => Counters::from_json(&saved),
-            None => Counters::default(),
-        };
+        let saved = storage.get_multiple(vec![COUNTERS]).await?;
+        let mut counters = saved
+            .get(&JsValue::from_str(COUNTERS))
+            .as_string()
+            .map(|saved| Counters::from_json(&saved))
+            .unwrap_or_default();
         counters.sweep(hit.now);
         let counted = counters.apply(&hit);
         if counted.allowed {
-            storage.put(COUNTERS, counters.to_json()).await?;
+            storage
+                .put_raw(COUNTERS, JsValue::from_str(&counters.to_json()))
+                .await?;
         }
         Response::ok(counted.to_json())
     }
