@@ -20,7 +20,7 @@ export { repoRoot };
 const STARTUP_TIMEOUT_MS = 45_000;
 
 /** Settings that are secrets on Cloudflare (`wrangler secret put`); the rest are vars. */
-const SECRET_NAMES = new Set(["FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"]);
+const SECRET_NAMES = new Set(["FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_PROXY_RATE_STORE_TOKEN"]);
 
 /** The wrangler binary: $WRANGLER_BIN, else the repository's node_modules. */
 export function wranglerBinary() {

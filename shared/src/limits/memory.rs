@@ -2,14 +2,14 @@
 //! keeps for one identity.
 
 use super::{CounterStore, Counted, Hit, StoreError};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 
 /// Counters by store key, each with the second it expires at. Applies a
 /// [`Hit`] the way the Redis script does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
-    entries: HashMap<String, (u64, u64)>,
+    entries: BTreeMap<String, (u64, u64)>,
     /// Entries at the last sweep of expired ones.
     swept_at: usize,
 }
@@ -21,7 +21,7 @@ impl Counters {
             self.sweep(hit.now);
         }
         let now = hit.now;
-        let current = |entries: &HashMap<String, (u64, u64)>, key: &str| {
+        let current = |entries: &BTreeMap<String, (u64, u64)>, key: &str| {
             entries
                 .get(key)
                 .filter(|(_, expires)| *expires > now)
@@ -54,23 +54,25 @@ impl Counters {
     /// The live counters as JSON (`{"key": [count, expires_at]}`), for a
     /// Durable Object's storage.
     pub fn to_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
+        // By hand, as [`Hit::to_json`]: the keys are the proxy's own.
+        let entries: Vec<String> = self
             .entries
             .iter()
-            .map(|(key, (count, expires))| (key.clone(), serde_json::json!([count, expires])))
+            .map(|(key, (count, expires))| format!("\"{key}\":[{count},{expires}]"))
             .collect();
-        serde_json::Value::Object(map).to_string()
+        format!("{{{}}}", entries.join(","))
     }
 
     /// Counters from [`Counters::to_json`]'s output; empty when unreadable.
     pub fn from_json(text: &str) -> Self {
         let mut counters = Self::default();
-        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(text) {
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(text.as_bytes()) {
             for (key, value) in map {
                 if let Some([count, expires]) = value
                     .as_array()
                     .and_then(|pair| <&[serde_json::Value; 2]>::try_from(pair.as_slice()).ok())
                     && let (Some(count), Some(expires)) = (count.as_u64(), expires.as_u64())
+                    && !key.contains(['"', '\\'])
                 {
                     counters.entries.insert(key, (count, expires));
                 }

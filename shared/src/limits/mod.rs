@@ -95,19 +95,22 @@ impl Hit {
 
     /// The hit as JSON, for a store reached by a message.
     pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "keys": self.keys,
-            "limits": self.limits,
-            "ttls": self.ttls,
-            "cost": self.cost,
-            "now": self.now,
-        })
-        .to_string()
+        // By hand: keys are the proxy's own (`fal-proxy:rl:{ip:..}:60:1`),
+        // and serde's number formatting would weigh on the Worker's wasm.
+        let keys: Vec<String> = self.keys.iter().map(|key| format!("\"{key}\"")).collect();
+        format!(
+            "{{\"keys\":[{}],\"limits\":{},\"ttls\":{},\"cost\":{},\"now\":{}}}",
+            keys.join(","),
+            numbers_json(&self.limits),
+            numbers_json(&self.ttls),
+            self.cost,
+            self.now
+        )
     }
 
     /// A hit from [`Hit::to_json`]'s output; `None` when malformed.
     pub fn from_json(text: &str) -> Option<Self> {
-        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(text.as_bytes()).ok()?;
         let numbers = |name: &str| -> Option<Vec<u64>> {
             value.get(name)?.as_array()?.iter().map(serde_json::Value::as_u64).collect()
         };
@@ -115,7 +118,7 @@ impl Hit {
             .get("keys")?
             .as_array()?
             .iter()
-            .map(|key| key.as_str().map(str::to_owned))
+            .map(|key| key.as_str().filter(|key| !key.contains(['"', '\\'])).map(str::to_owned))
             .collect::<Option<_>>()?;
         let hit = Self {
             limits: numbers("limits")?,
@@ -142,14 +145,27 @@ impl Counted {
     pub fn to_json(&self) -> String {
         let mut numbers = vec![u64::from(self.allowed)];
         numbers.extend(&self.counts);
-        serde_json::Value::from(numbers).to_string()
+        numbers_json(&numbers)
     }
 
     /// [`Counted::to_json`]'s output, checked against `windows`.
     pub fn from_json(body: &[u8], windows: usize) -> Result<Self, StoreError> {
-        let numbers: Vec<u64> = serde_json::from_slice(body).map_err(|_| StoreError::Invalid)?;
-        upstash::counted(numbers, windows)
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| StoreError::Invalid)?;
+        let numbers: Option<Vec<u64>> = value
+            .as_array()
+            .ok_or(StoreError::Invalid)?
+            .iter()
+            .map(serde_json::Value::as_u64)
+            .collect();
+        upstash::counted(numbers.ok_or(StoreError::Invalid)?, windows)
     }
+}
+
+/// `[1,2,3]`.
+fn numbers_json(numbers: &[u64]) -> String {
+    let items: Vec<String> = numbers.iter().map(u64::to_string).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// Why a store could not answer. Never carries a URL or a token.
@@ -278,9 +294,9 @@ pub(crate) fn identity_key(identity: Option<&Identity>, client_ip: Option<IpAddr
     match client_ip.map(|ip| ip.to_canonical()) {
         Some(IpAddr::V4(v4)) => format!("ip:{v4}"),
         Some(IpAddr::V6(v6)) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            format!("ip:{}/64", std::net::Ipv6Addr::from(octets))
+            // The /64 prefix, in hex by hand (Ipv6Addr's Display is big in wasm).
+            let [a, b, c, d, ..] = v6.segments();
+            format!("ip:{a:x}:{b:x}:{c:x}:{d:x}::/64")
         }
         None => "ip:unknown".to_owned(),
     }

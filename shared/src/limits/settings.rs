@@ -170,9 +170,13 @@ impl Limits {
                     format!("two windows of {} seconds", window.secs),
                 ));
             }
-            windows.push(window);
+            // Kept shortest first (an insertion: no sort code in the wasm).
+            let at = windows
+                .iter()
+                .position(|other| other.secs > window.secs)
+                .unwrap_or(windows.len());
+            windows.insert(at, window);
         }
-        windows.sort_by_key(|window| window.secs);
         let smallest = windows.iter().map(|w| w.limit).min().unwrap_or(0);
 
         let mut costs = Vec::new();
