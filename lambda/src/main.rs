@@ -26,9 +26,9 @@ use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use lambda_http::request::RequestContext as EventContext;
 use lambda_http::{Body, RequestExt, service_fn};
-use std::net::IpAddr;
 use std::convert::Infallible;
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 /// The largest request body the function accepts, in bytes.
@@ -49,8 +49,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let function = cold_start(|name| std::env::var(name).ok(), ReqwestUpstream::new);
     // One value for the life of the execution environment, shared by every
     // invocation.
-    let function: &'static Function<ReqwestUpstream, NativeStore> =
-        Box::leak(Box::new(function));
+    let function: &'static Function<ReqwestUpstream, NativeStore> = Box::leak(Box::new(function));
     lambda_http::run_with_streaming_response(service_fn(move |request| async move {
         Ok::<_, Infallible>(handle(function, request).await)
     }))

@@ -368,6 +368,9 @@ async fn limits_count_per_source_ip_of_the_function_url() {
     let refused = handle(&function, again).await;
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
-    assert_eq!(handle(&function, post_from("192.0.2.99")).await.status(), 200);
+    assert_eq!(
+        handle(&function, post_from("192.0.2.99")).await.status(),
+        200
+    );
     assert_eq!(fal.seen().len(), 2);
 }

@@ -89,7 +89,10 @@ impl<U, S> Function<U, S> {
         if let Some(warning) = config.upstream_warning() {
             say(warning);
         }
-        if config.limits().is_some_and(|limits| *limits.store() == StoreKind::Memory) {
+        if config
+            .limits()
+            .is_some_and(|limits| *limits.store() == StoreKind::Memory)
+        {
             say(LogLine::message(
                 Level::Warn,
                 format!(

@@ -121,15 +121,14 @@ pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
+#[cfg(feature = "reqwest")]
+pub use limits::ReqwestPost;
 pub use limits::{
-    CounterStore, Counted, Counters, Failure, Hit, Limits, MemoryStore, PostJson, REDIS_SCRIPT,
-    MAX_ANSWER_BYTES, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, Window,
-    forwarded_client_ip,
+    Counted, CounterStore, Counters, Failure, Hit, Limits, MAX_ANSWER_BYTES, MemoryStore, PostJson,
+    REDIS_SCRIPT, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, Window, forwarded_client_ip,
 };
 #[cfg(feature = "redis")]
 pub use limits::{NativeStore, RedisStore};
-#[cfg(feature = "reqwest")]
-pub use limits::ReqwestPost;
 pub use log::{Hint, Hints, Level, LogFormat, LogLine};
 pub use target::{TARGET_URL_HEADER, Target};
 

@@ -4,7 +4,7 @@
 //! storage.
 
 use fal_proxy_core::{
-    Config, ConfigError, CounterStore, Counted, Counters, Hit, MAX_ANSWER_BYTES, MemoryStore,
+    Config, ConfigError, Counted, CounterStore, Counters, Hit, MAX_ANSWER_BYTES, MemoryStore,
     PostJson, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, vars,
 };
 use futures_util::StreamExt as _;

@@ -935,22 +935,42 @@ fn over_the_limit_is_a_429_with_retry_after_and_nothing_goes_upstream() {
     };
     let first = run_with(&proxy, &fal, &store, submit());
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(first.headers()["ratelimit"], "\"2/min\";r=1;t=20, \"10/day\";r=9;t=57560");
-    assert_eq!(first.headers()["ratelimit-policy"], "\"2/min\";q=2;w=60, \"10/day\";q=10;w=86400");
-    let exposed = first.headers()["access-control-expose-headers"].to_str().unwrap();
+    assert_eq!(
+        first.headers()["ratelimit"],
+        "\"2/min\";r=1;t=20, \"10/day\";r=9;t=57560"
+    );
+    assert_eq!(
+        first.headers()["ratelimit-policy"],
+        "\"2/min\";q=2;w=60, \"10/day\";q=10;w=86400"
+    );
+    let exposed = first.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
     for name in ["ratelimit", "ratelimit-policy", "retry-after"] {
         assert!(exposed.split(", ").any(|n| n == name), "{exposed}");
     }
-    assert_eq!(run_with(&proxy, &fal, &store, submit()).status(), StatusCode::OK);
+    assert_eq!(
+        run_with(&proxy, &fal, &store, submit()).status(),
+        StatusCode::OK
+    );
     let refused = run_with(&proxy, &fal, &store, submit());
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(error_of(&refused), Some(ProxyError::RateLimited));
     assert_eq!(refused.headers()["retry-after"], "20");
-    assert_eq!(refused.headers()["ratelimit"], "\"2/min\";r=0;t=20, \"10/day\";r=8;t=57560");
-    assert_eq!(refused.headers()["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        refused.headers()["ratelimit"],
+        "\"2/min\";r=0;t=20, \"10/day\";r=8;t=57560"
+    );
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
     let body: serde_json::Value = serde_json::from_str(&body_text(&refused)).unwrap();
     assert_eq!(body["error_type"], "rate_limited");
-    assert!(body["detail"].as_str().unwrap().contains("20 seconds"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("20 seconds"),
+        "{body}"
+    );
     assert_eq!(fal.count(), 2);
     // A poll of the submitted request still passes, uncounted.
     let poll = run_with(
@@ -958,7 +978,11 @@ fn over_the_limit_is_a_429_with_retry_after_and_nothing_goes_upstream() {
         &fal,
         &store,
         at(
-            request("GET", Some("https://queue.fal.run/fal-ai/flux/requests/r1/status"), &[]),
+            request(
+                "GET",
+                Some("https://queue.fal.run/fal-ai/flux/requests/r1/status"),
+                &[],
+            ),
             now,
             "203.0.113.5",
         ),
@@ -971,7 +995,10 @@ fn over_the_limit_is_a_429_with_retry_after_and_nothing_goes_upstream() {
         now,
         "2001:db8:0:1::1",
     );
-    assert_eq!(run_with(&proxy, &fal, &store, other).status(), StatusCode::OK);
+    assert_eq!(
+        run_with(&proxy, &fal, &store, other).status(),
+        StatusCode::OK
+    );
     let neighbour = at(
         request("POST", Some("https://fal.run/fal-ai/flux/dev"), &[]),
         now,
@@ -1005,11 +1032,18 @@ fn a_store_that_cannot_answer_fails_closed_or_open() {
     assert!(line.contains("rate_store=unavailable"), "{line}");
     // Polls never ask the store.
     let poll = at(
-        request("GET", Some("https://queue.fal.run/fal-ai/flux/requests/r1"), &[]),
+        request(
+            "GET",
+            Some("https://queue.fal.run/fal-ai/flux/requests/r1"),
+            &[],
+        ),
         1_800_000_000,
         "127.0.0.1",
     );
-    assert_eq!(run_with(&closed, &fal, &DownStore, poll).status(), StatusCode::OK);
+    assert_eq!(
+        run_with(&closed, &fal, &DownStore, poll).status(),
+        StatusCode::OK
+    );
 
     let open = proxy(&[
         ("FAL_KEY", SERVER_KEY),

@@ -1,7 +1,7 @@
 //! Counters in memory: the `memory` store, and the state a Durable Object
 //! keeps for one identity.
 
-use super::{CounterStore, Counted, Hit, StoreError};
+use super::{Counted, CounterStore, Hit, StoreError};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 

@@ -112,13 +112,22 @@ impl Hit {
     pub fn from_json(text: &str) -> Option<Self> {
         let value: serde_json::Value = serde_json::from_slice(text.as_bytes()).ok()?;
         let numbers = |name: &str| -> Option<Vec<u64>> {
-            value.get(name)?.as_array()?.iter().map(serde_json::Value::as_u64).collect()
+            value
+                .get(name)?
+                .as_array()?
+                .iter()
+                .map(serde_json::Value::as_u64)
+                .collect()
         };
         let keys: Vec<String> = value
             .get("keys")?
             .as_array()?
             .iter()
-            .map(|key| key.as_str().filter(|key| !key.contains(['"', '\\'])).map(str::to_owned))
+            .map(|key| {
+                key.as_str()
+                    .filter(|key| !key.contains(['"', '\\']))
+                    .map(str::to_owned)
+            })
             .collect::<Option<_>>()?;
         let hit = Self {
             limits: numbers("limits")?,
@@ -266,7 +275,10 @@ fn endpoint_for_cost(path: &str) -> Option<String> {
     }
     let lowered = path.to_ascii_lowercase();
     let segments: Vec<&str> = lowered.split('/').filter(|s| !s.is_empty()).collect();
-    if segments.iter().any(|segment| *segment == "." || *segment == "..") {
+    if segments
+        .iter()
+        .any(|segment| *segment == "." || *segment == "..")
+    {
         return None;
     }
     let mut endpoint = segments.join("/");
@@ -364,7 +376,13 @@ impl Limits {
         }
         if !counted.allowed && retry_after.is_none() {
             // A store that refused yet reported room: wait out the shortest window.
-            retry_after = Some(self.windows.iter().map(|w| w.remaining(hit.now)).min().unwrap_or(1));
+            retry_after = Some(
+                self.windows
+                    .iter()
+                    .map(|w| w.remaining(hit.now))
+                    .min()
+                    .unwrap_or(1),
+            );
         }
         let header = |items: Vec<String>| {
             HeaderValue::try_from(items.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))

@@ -3,7 +3,9 @@
 //! the one the settings choose.
 
 use super::upstash::{ReqwestPost, STORE_TIMEOUT, counted};
-use super::{CounterStore, Counted, Hit, MemoryStore, REDIS_SCRIPT, StoreError, StoreKind, UpstashStore};
+use super::{
+    Counted, CounterStore, Hit, MemoryStore, REDIS_SCRIPT, StoreError, StoreKind, UpstashStore,
+};
 use crate::config::{Config, ConfigError, vars};
 use futures_util::lock::Mutex as AsyncMutex;
 use redis::aio::MultiplexedConnection;
@@ -30,10 +32,7 @@ impl RedisStore {
         // rediss:// uses rustls; the native targets use ring's provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = redis::Client::open(url).map_err(|_| {
-            ConfigError::new(
-                vars::RATE_STORE,
-                "not a usable redis:// or rediss:// URL",
-            )
+            ConfigError::new(vars::RATE_STORE, "not a usable redis:// or rediss:// URL")
         })?;
         Ok(Self {
             client,
@@ -92,6 +91,10 @@ impl CounterStore for RedisStore {
 /// The store of a native target (server, Vercel, Lambda): `memory`, Redis
 /// or Upstash's REST API, as the settings say.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per process, built once and never moved"
+)]
 pub enum NativeStore {
     /// Counters in this process.
     Memory(MemoryStore),

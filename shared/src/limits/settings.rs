@@ -36,7 +36,9 @@ impl Window {
             "day" => 24 * 60 * 60,
             _ => return None,
         };
-        let secs = count.checked_mul(unit_secs).filter(|&s| s <= MAX_WINDOW_SECS)?;
+        let secs = count
+            .checked_mul(unit_secs)
+            .filter(|&s| s <= MAX_WINDOW_SECS)?;
         let label = if count == 1 {
             format!("{limit}/{unit}")
         } else {
@@ -193,9 +195,10 @@ impl Limits {
                     "{pattern:?} is not an endpoint pattern such as fal-ai/flux/**"
                 )));
             }
-            let cost: u64 = cost.trim().parse().map_err(|_| {
-                bad(format!("the cost of {pattern} is not a whole number"))
-            })?;
+            let cost: u64 = cost
+                .trim()
+                .parse()
+                .map_err(|_| bad(format!("the cost of {pattern} is not a whole number")))?;
             if cost > smallest {
                 return Err(bad(format!(
                     "{pattern} costs {cost}, more than the smallest limit ({smallest}): no request to it could ever pass"
@@ -268,7 +271,12 @@ impl Limits {
     /// The highest configured cost (at least 1): what a path that could be
     /// read two ways is charged.
     pub(crate) fn max_cost(&self) -> u64 {
-        self.costs.iter().map(|(_, cost)| *cost).max().unwrap_or(1).max(1)
+        self.costs
+            .iter()
+            .map(|(_, cost)| *cost)
+            .max()
+            .unwrap_or(1)
+            .max(1)
     }
 
     /// One line for the start-up summary. No credential.
@@ -300,7 +308,8 @@ fn parse_store(value: &str) -> Result<StoreKind, ConfigError> {
         "durable-object" => return Ok(StoreKind::DurableObject),
         _ => {}
     }
-    let expected = "expected memory, durable-object, a redis:// or rediss:// URL, or an https:// REST URL";
+    let expected =
+        "expected memory, durable-object, a redis:// or rediss:// URL, or an https:// REST URL";
     let url = url::Url::parse(value).map_err(|_| bad(expected))?;
     let Some(host) = url.host() else {
         return Err(bad(expected));

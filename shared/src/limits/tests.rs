@@ -43,7 +43,15 @@ fn windows_parse() {
         assert_eq!(&got, expected, "{text}");
     }
     for bad in [
-        "10", "0/min", "-1/min", "10/week", "10/0min", "x/min", "10/min,5/60s", "1/400day", "10/ min",
+        "10",
+        "0/min",
+        "-1/min",
+        "10/week",
+        "10/0min",
+        "x/min",
+        "10/min,5/60s",
+        "1/400day",
+        "10/ min",
     ] {
         let error = limits(&[("FAL_PROXY_RATE_LIMIT", bad)]).expect_err(bad);
         assert_eq!(error.var, "FAL_PROXY_RATE_LIMIT", "{bad}");
@@ -59,17 +67,50 @@ fn settings_that_need_a_limit_or_each_other() {
     assert!(none.is_none());
 
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/x=11")], "FAL_PROXY_ENDPOINT_COSTS"),
-        (&[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/x")], "FAL_PROXY_ENDPOINT_COSTS"),
-        (&[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/x=two")], "FAL_PROXY_ENDPOINT_COSTS"),
-        (&[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/%78=2")], "FAL_PROXY_ENDPOINT_COSTS"),
-        (&[("FAL_PROXY_RATE_STORE", "https://kv.example")], "FAL_PROXY_RATE_STORE_TOKEN"),
-        (&[("FAL_PROXY_RATE_STORE", "http://kv.example")], "FAL_PROXY_RATE_STORE"),
-        (&[("FAL_PROXY_RATE_STORE", "https://u:p@kv.example")], "FAL_PROXY_RATE_STORE"),
-        (&[("FAL_PROXY_RATE_STORE", "memcached://x")], "FAL_PROXY_RATE_STORE"),
-        (&[("FAL_PROXY_RATE_STORE", "redis://h/notanumber")], "FAL_PROXY_RATE_STORE"),
-        (&[("FAL_PROXY_RATE_STORE_TOKEN", "t")], "FAL_PROXY_RATE_STORE_TOKEN"),
-        (&[("FAL_PROXY_RATE_STORE_FAILURE", "maybe")], "FAL_PROXY_RATE_STORE_FAILURE"),
+        (
+            &[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/x=11")],
+            "FAL_PROXY_ENDPOINT_COSTS",
+        ),
+        (
+            &[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/x")],
+            "FAL_PROXY_ENDPOINT_COSTS",
+        ),
+        (
+            &[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/x=two")],
+            "FAL_PROXY_ENDPOINT_COSTS",
+        ),
+        (
+            &[("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/%78=2")],
+            "FAL_PROXY_ENDPOINT_COSTS",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE", "https://kv.example")],
+            "FAL_PROXY_RATE_STORE_TOKEN",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE", "http://kv.example")],
+            "FAL_PROXY_RATE_STORE",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE", "https://u:p@kv.example")],
+            "FAL_PROXY_RATE_STORE",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE", "memcached://x")],
+            "FAL_PROXY_RATE_STORE",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE", "redis://h/notanumber")],
+            "FAL_PROXY_RATE_STORE",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE_TOKEN", "t")],
+            "FAL_PROXY_RATE_STORE_TOKEN",
+        ),
+        (
+            &[("FAL_PROXY_RATE_STORE_FAILURE", "maybe")],
+            "FAL_PROXY_RATE_STORE_FAILURE",
+        ),
     ];
     for (pairs, var) in cases {
         let mut all = vec![("FAL_PROXY_RATE_LIMIT", "10/min")];
@@ -83,7 +124,10 @@ fn settings_that_need_a_limit_or_each_other() {
 fn the_store_setting_never_shows_credentials() {
     let redis = limits(&[
         ("FAL_PROXY_RATE_LIMIT", "10/min"),
-        ("FAL_PROXY_RATE_STORE", "rediss://user:hunter2-secret@redis.example:6380/1"),
+        (
+            "FAL_PROXY_RATE_STORE",
+            "rediss://user:hunter2-secret@redis.example:6380/1",
+        ),
     ])
     .unwrap();
     let upstash = limits(&[
@@ -116,7 +160,7 @@ fn the_store_setting_never_shows_credentials() {
 fn window_arithmetic_with_a_fake_clock() {
     let limits = limits(&[("FAL_PROXY_RATE_LIMIT", "3/min,5/h")]).unwrap();
     let store = MemoryStore::new();
-    let start = 1_800_000_000 - 1_800_000_000 % 3600; // a whole hour
+    let start = 1_800_000_000; // a whole hour (500,000 hours since the epoch)
     for (i, now) in [start, start + 10, start + 59].into_iter().enumerate() {
         let note = spend(&limits, &store, "u:a", 1, now);
         assert!(!note.refused());
@@ -124,10 +168,17 @@ fn window_arithmetic_with_a_fake_clock() {
         let reset = 60 - (now - start);
         assert_eq!(
             note.limit,
-            format!("\"3/min\";r={left};t={reset}, \"5/h\";r={};t={}", 4 - i, 3600 - (now - start))
+            format!(
+                "\"3/min\";r={left};t={reset}, \"5/h\";r={};t={}",
+                4 - i,
+                3600 - (now - start)
+            )
         );
     }
-    assert_eq!(note_policy(&limits, &store, start), "\"3/min\";q=3;w=60, \"5/h\";q=5;w=3600");
+    assert_eq!(
+        note_policy(&limits, &store, start),
+        "\"3/min\";q=3;w=60, \"5/h\";q=5;w=3600"
+    );
     // The fourth in the same minute is refused, and costs nothing.
     let refused = spend(&limits, &store, "u:a", 1, start + 59);
     assert_eq!(refused.retry_after, Some(1));
@@ -147,19 +198,31 @@ fn window_arithmetic_with_a_fake_clock() {
 fn note_policy(limits: &Limits, store: &MemoryStore, now: u64) -> String {
     let hit = limits.hit("u:probe", 0, now);
     let counted = block_on(store.hit(&hit)).unwrap();
-    limits.note(&hit, &counted).policy.to_str().unwrap().to_owned()
+    limits
+        .note(&hit, &counted)
+        .policy
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
 fn a_refused_request_consumes_nothing_and_weights_add_up() {
     let limits = limits(&[
         ("FAL_PROXY_RATE_LIMIT", "200/day"),
-        ("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/kling-video/**=50,fal-ai/flux/dev=2"),
+        (
+            "FAL_PROXY_ENDPOINT_COSTS",
+            "fal-ai/kling-video/**=50,fal-ai/flux/dev=2",
+        ),
     ])
     .unwrap();
     let store = MemoryStore::new();
     let now = 1_800_000_000;
-    let kling = match limits.charge(&Method::POST, "queue.fal.run", "/fal-ai/kling-video/v2/master") {
+    let kling = match limits.charge(
+        &Method::POST,
+        "queue.fal.run",
+        "/fal-ai/kling-video/v2/master",
+    ) {
         Charge::Cost(cost) => cost,
         Charge::Free => unreachable!(),
     };
@@ -187,7 +250,10 @@ fn a_refused_request_consumes_nothing_and_weights_add_up() {
 fn what_counts_and_what_it_costs() {
     let limits = limits(&[
         ("FAL_PROXY_RATE_LIMIT", "100/min"),
-        ("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/kling-video/**=50,fal-ai/flux/dev=2"),
+        (
+            "FAL_PROXY_ENDPOINT_COSTS",
+            "fal-ai/kling-video/**=50,fal-ai/flux/dev=2",
+        ),
     ])
     .unwrap();
     let get = Method::GET;
@@ -197,36 +263,140 @@ fn what_counts_and_what_it_costs() {
         (&post, "fal.run", "/fal-ai/flux/dev", Charge::Cost(2)),
         (&post, "fal.run", "/fal-ai/flux/dev/stream", Charge::Cost(2)),
         (&post, "queue.fal.run", "/fal-ai/flux/dev", Charge::Cost(2)),
-        (&post, "queue.fal.run", "/fal-ai/flux/schnell", Charge::Cost(1)),
-        (&post, "queue.fal.run", "/fal-ai/kling-video/v2/master/text-to-video", Charge::Cost(50)),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/flux/schnell",
+            Charge::Cost(1),
+        ),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/kling-video/v2/master/text-to-video",
+            Charge::Cost(50),
+        ),
         // Path tricks get the highest cost or their real one, never less.
-        (&post, "queue.fal.run", "/fal-ai/Kling-Video/v2", Charge::Cost(50)),
-        (&post, "queue.fal.run", "//fal-ai//kling-video/v2", Charge::Cost(50)),
-        (&post, "queue.fal.run", "/fal-ai/kling-video%2Fv2", Charge::Cost(50)),
-        (&post, "queue.fal.run", "/fal-ai/%6bling-video/v2", Charge::Cost(50)),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/Kling-Video/v2",
+            Charge::Cost(50),
+        ),
+        (
+            &post,
+            "queue.fal.run",
+            "//fal-ai//kling-video/v2",
+            Charge::Cost(50),
+        ),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/kling-video%2Fv2",
+            Charge::Cost(50),
+        ),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/%6bling-video/v2",
+            Charge::Cost(50),
+        ),
         (&post, "fal.run", "/fal-ai/flux/dev/", Charge::Cost(2)),
         // Token mints and upload initiates count.
         (&post, "rest.fal.ai", "/tokens/", Charge::Cost(1)),
         (&post, "rest.alpha.fal.ai", "/tokens/", Charge::Cost(1)),
-        (&post, "rest.fal.ai", "/storage/upload/initiate", Charge::Cost(1)),
-        (&post, "rest.fal.ai", "/storage/upload/initiate-multipart", Charge::Cost(1)),
+        (
+            &post,
+            "rest.fal.ai",
+            "/storage/upload/initiate",
+            Charge::Cost(1),
+        ),
+        (
+            &post,
+            "rest.fal.ai",
+            "/storage/upload/initiate-multipart",
+            Charge::Cost(1),
+        ),
         // Polls of a submitted request never count.
-        (&get, "queue.fal.run", "/fal-ai/kling-video/requests/abc/status", Charge::Free),
-        (&get, "queue.fal.run", "/fal-ai/kling-video/requests/abc/status/stream", Charge::Free),
-        (&get, "queue.fal.run", "/fal-ai/kling-video/requests/abc", Charge::Free),
-        (&Method::HEAD, "queue.fal.run", "/fal-ai/flux/requests/abc", Charge::Free),
-        (&put, "queue.fal.run", "/fal-ai/kling-video/requests/abc/cancel", Charge::Free),
+        (
+            &get,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc/status",
+            Charge::Free,
+        ),
+        (
+            &get,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc/status/stream",
+            Charge::Free,
+        ),
+        (
+            &get,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc",
+            Charge::Free,
+        ),
+        (
+            &Method::HEAD,
+            "queue.fal.run",
+            "/fal-ai/flux/requests/abc",
+            Charge::Free,
+        ),
+        (
+            &put,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc/cancel",
+            Charge::Free,
+        ),
         // ... but only exactly those: anything else may start work.
-        (&post, "queue.fal.run", "/fal-ai/kling-video/requests/abc", Charge::Cost(50)),
-        (&post, "queue.fal.run", "/fal-ai/kling-video/requests/abc/status", Charge::Cost(50)),
-        (&get, "queue.fal.run", "/fal-ai/kling-video/requests/abc/other", Charge::Cost(50)),
-        (&put, "queue.fal.run", "/fal-ai/kling-video/requests/abc/status", Charge::Cost(50)),
-        (&get, "queue.fal.run", "/fal-ai/kling-video/requests//status", Charge::Cost(50)),
-        (&get, "queue.fal.run", "/fal-ai/kling-video/requests/a%2Fb/status", Charge::Cost(50)),
-        (&get, "fal.run", "/fal-ai/kling-video/requests/abc/status", Charge::Cost(50)),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc",
+            Charge::Cost(50),
+        ),
+        (
+            &post,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc/status",
+            Charge::Cost(50),
+        ),
+        (
+            &get,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc/other",
+            Charge::Cost(50),
+        ),
+        (
+            &put,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/abc/status",
+            Charge::Cost(50),
+        ),
+        (
+            &get,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests//status",
+            Charge::Cost(50),
+        ),
+        (
+            &get,
+            "queue.fal.run",
+            "/fal-ai/kling-video/requests/a%2Fb/status",
+            Charge::Cost(50),
+        ),
+        (
+            &get,
+            "fal.run",
+            "/fal-ai/kling-video/requests/abc/status",
+            Charge::Cost(50),
+        ),
     ];
     for (method, host, path, expected) in table {
-        assert_eq!(&limits.charge(method, host, path), expected, "{method} {host}{path}");
+        assert_eq!(
+            &limits.charge(method, host, path),
+            expected,
+            "{method} {host}{path}"
+        );
     }
 }
 
@@ -240,8 +410,14 @@ fn identities_group_ipv6_by_64_and_hash_users() {
     let b: Ipv6Addr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
     let c: Ipv6Addr = "2001:db8:1:3::1".parse().unwrap();
     assert_eq!(identity_key(None, Some(a.into())), "ip:2001:db8:1:2::/64");
-    assert_eq!(identity_key(None, Some(a.into())), identity_key(None, Some(b.into())));
-    assert_ne!(identity_key(None, Some(a.into())), identity_key(None, Some(c.into())));
+    assert_eq!(
+        identity_key(None, Some(a.into())),
+        identity_key(None, Some(b.into()))
+    );
+    assert_ne!(
+        identity_key(None, Some(a.into())),
+        identity_key(None, Some(c.into()))
+    );
     assert_eq!(identity_key(None, None), "ip:unknown");
 }
 
@@ -249,8 +425,14 @@ fn identities_group_ipv6_by_64_and_hash_users() {
 fn forwarded_addresses_take_the_nearest_hop() {
     let mut headers = HeaderMap::new();
     assert_eq!(forwarded_client_ip(&headers, "x-forwarded-for"), None);
-    headers.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1, 2.2.2.2"));
-    headers.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6 , 203.0.113.9"));
+    headers.append(
+        "x-forwarded-for",
+        HeaderValue::from_static("1.1.1.1, 2.2.2.2"),
+    );
+    headers.append(
+        "x-forwarded-for",
+        HeaderValue::from_static("6.6.6.6 , 203.0.113.9"),
+    );
     assert_eq!(
         forwarded_client_ip(&headers, "x-forwarded-for"),
         Some("203.0.113.9".parse().unwrap())
@@ -309,11 +491,17 @@ fn the_rest_command_and_its_answer() {
     );
     assert_eq!(
         parse_answer(br#"{"result":[1,3,3]}"#, 2),
-        Ok(Counted { allowed: true, counts: vec![3, 3] })
+        Ok(Counted {
+            allowed: true,
+            counts: vec![3, 3]
+        })
     );
     assert_eq!(
         parse_answer(br#"{"result":[0,9,9]}"#, 2),
-        Ok(Counted { allowed: false, counts: vec![9, 9] })
+        Ok(Counted {
+            allowed: false,
+            counts: vec![9, 9]
+        })
     );
     for bad in [
         &br#"{"error":"ERR"}"#[..],
@@ -336,7 +524,10 @@ fn hits_and_answers_travel_as_json() {
     let mut short = hit.clone();
     short.ttls.pop();
     assert_eq!(Hit::from_json(&short.to_json()), None);
-    let counted = Counted { allowed: true, counts: vec![3, 3] };
+    let counted = Counted {
+        allowed: true,
+        counts: vec![3, 3],
+    };
     assert_eq!(counted.to_json(), "[1,3,3]");
     assert_eq!(Counted::from_json(b"[1,3,3]", 2), Ok(counted));
     assert_eq!(Counted::from_json(b"[1,3]", 2), Err(StoreError::Invalid));

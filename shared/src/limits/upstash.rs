@@ -1,7 +1,7 @@
 //! Upstash's Redis REST API as a store: one `EVAL` of the Redis script per
 //! hit, posted as JSON through whatever HTTP client the target has.
 
-use super::{CounterStore, Counted, Hit, REDIS_SCRIPT, StoreError};
+use super::{Counted, CounterStore, Hit, REDIS_SCRIPT, StoreError};
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
@@ -143,7 +143,10 @@ impl PostJson for ReqwestPost {
         {
             return Err(StoreError::Invalid);
         }
-        let body = response.bytes().await.map_err(|_| StoreError::Unreachable)?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| StoreError::Unreachable)?;
         if body.len() > MAX_ANSWER_BYTES {
             return Err(StoreError::Invalid);
         }
