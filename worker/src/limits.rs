@@ -79,9 +79,7 @@ impl CounterStore for WorkerStore {
         match self {
             Self::Memory(store) => store.hit(hit).await,
             Self::Upstash(store) => store.hit(hit).await,
-            Self::DurableObject(namespace) => {
-                within_deadline(durable_object_hit(namespace, hit)).await
-            }
+            Self::DurableObject(namespace) => durable_object_hit(namespace, hit).await,
         }
     }
 }
@@ -93,14 +91,27 @@ async fn durable_object_hit(namespace: &ObjectNamespace, hit: &Hit) -> Result<Co
         .get_by_name(identity)
         .map_err(|_| StoreError::Unreachable)?;
     let request = post("https://rate-limiter/hit", None, hit.to_json())?;
-    let response = stub
-        .fetch_with_request(request)
-        .await
+    let body = exchange(request, Some(&stub)).await?;
+    Counted::from_json(&body, hit.keys.len())
+}
+
+/// Sends `request` to a Durable Object's `stub`, or with the runtime's
+/// `fetch`, and reads a 200's body, all within [`STORE_TIMEOUT`].
+async fn exchange(request: Request, stub: Option<&worker::Stub>) -> Result<Vec<u8>, StoreError> {
+    let exchange = async {
+        let response = match stub {
+            Some(stub) => stub.fetch_with_request(request).await,
+            None => Fetch::Request(request).send().await,
+        }
         .map_err(|_| StoreError::Unreachable)?;
-    if response.status_code() != 200 {
-        return Err(StoreError::Unreachable);
+        read_body(response).await
+    };
+    let exchange = pin!(exchange);
+    let deadline = pin!(Delay::from(STORE_TIMEOUT));
+    match select(exchange, deadline).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(((), _)) => Err(StoreError::Unreachable),
     }
-    Counted::from_json(&read_body(response).await?, hit.keys.len())
 }
 
 /// A POST of `body`, with a bearer token when given, redirects not followed.
@@ -138,18 +149,6 @@ async fn read_body(mut response: Response) -> Result<Vec<u8>, StoreError> {
     Ok(body)
 }
 
-/// `future`, or [`StoreError::Unreachable`] after [`STORE_TIMEOUT`].
-async fn within_deadline<T>(
-    future: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let future = pin!(future);
-    let deadline = pin!(Delay::from(STORE_TIMEOUT));
-    match select(future, deadline).await {
-        Either::Left((answer, _)) => answer,
-        Either::Right(((), _)) => Err(StoreError::Unreachable),
-    }
-}
-
 /// The Worker's [`PostJson`]: the runtime's `fetch`, redirects not followed.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchPost;
@@ -161,14 +160,8 @@ impl PostJson for FetchPost {
         token: &str,
         body: String,
     ) -> Result<bytes::Bytes, StoreError> {
-        within_deadline(async {
-            let response = Fetch::Request(post(url, Some(token), body)?)
-                .send()
-                .await
-                .map_err(|_| StoreError::Unreachable)?;
-            Ok(read_body(response).await?.into())
-        })
-        .await
+        // The REST API answers errors as JSON with their own status: any body is read.
+        Ok(exchange(post(url, Some(token), body)?, None).await?.into())
     }
 }
 

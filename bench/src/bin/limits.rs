@@ -111,10 +111,11 @@ async fn time_hits<S: CounterStore>(store: &S) -> Vec<Duration> {
 }
 
 fn report(name: &str, times: &[Duration]) {
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "  {name:<18} p50 {:.3} ms, p99 {:.3} ms",
-        ms(percentile(times, 50)),
-        ms(percentile(times, 99))
+        "  {name:<18} p50 {:.1} µs, p99 {:.1} µs",
+        micros(percentile(times, 50)),
+        micros(percentile(times, 99))
     );
 }
 

@@ -2,14 +2,14 @@
 //! keeps for one identity.
 
 use super::{Counted, CounterStore, Hit, StoreError};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 /// Counters by store key, each with the second it expires at. Applies a
 /// [`Hit`] the way the Redis script does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
-    entries: BTreeMap<String, (u64, u64)>,
+    entries: HashMap<String, (u64, u64)>,
     /// Entries at the last sweep of expired ones.
     swept_at: usize,
 }
@@ -21,7 +21,7 @@ impl Counters {
             self.sweep(hit.now);
         }
         let now = hit.now;
-        let current = |entries: &BTreeMap<String, (u64, u64)>, key: &str| {
+        let current = |entries: &HashMap<String, (u64, u64)>, key: &str| {
             entries
                 .get(key)
                 .filter(|(_, expires)| *expires > now)
