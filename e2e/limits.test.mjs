@@ -10,6 +10,7 @@ import { createFalClient, ApiError } from "@fal-ai/client";
 import { spawn } from "node:child_process";
 import { startMockFal } from "./mock-fal.mjs";
 import { nativeLauncher, serverBinary } from "./launchers/native.mjs";
+import { vercelLauncher } from "./launchers/vercel.mjs";
 import {
   JWT_SECRET,
   call,
@@ -215,6 +216,22 @@ describe("per address (authentication off)", () => {
     assert.equal((await call(balanced.url, target, spoof("2001:db8:7:7:ffff::2"))).status, 200);
     assert.equal((await call(balanced.url, target, spoof("2001:db8:7:7::3"))).status, 429);
     assert.equal((await call(balanced.url, target, spoof("2001:db8:7:8::1"))).status, 200);
+  });
+});
+
+describe("the Vercel function (its x-forwarded-for, memory per instance)", () => {
+  it("counts per address as Vercel reports it, and says memory counts per instance", opts, async () => {
+    const fn = await vercelLauncher.start({ FAL_KEY: SERVER_KEY, FAL_PROXY_UPSTREAM: mock.url, FAL_PROXY_RATE_LIMIT: "2/h" });
+    started.push(fn);
+    const from = (ip) => ({ headers: { "x-forwarded-for": ip } });
+    const target = "https://fal.run/fal-ai/flux/dev";
+    assert.equal((await call(fn.url, target, from("203.0.113.50"))).status, 200);
+    assert.equal((await call(fn.url, target, from("203.0.113.50"))).status, 200);
+    const refused = await call(fn.url, target, from("203.0.113.50"));
+    assert.equal(refused.status, 429);
+    assert.equal(refused.json.error_type, "rate_limited");
+    assert.equal((await call(fn.url, target, from("203.0.113.51"))).status, 200);
+    assert.match(logsOf(fn), /each instance counts alone/);
   });
 });
 
