@@ -7,13 +7,13 @@ use fal_proxy_core::{
     Config, ConfigError, Counted, CounterStore, Counters, Hit, MAX_ANSWER_BYTES, MemoryStore,
     PostJson, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, vars,
 };
-use futures_util::StreamExt as _;
 use futures_util::future::{Either, select};
 use std::pin::pin;
 use worker::wasm_bindgen::JsValue;
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::{
     Delay, DurableObject, Env, Fetch, ObjectNamespace, Request, Response, State, durable_object,
-    wasm_bindgen, web_sys,
+    js_sys, wasm_bindgen, web_sys,
 };
 
 /// The Durable Object binding `FAL_PROXY_RATE_STORE=durable-object` uses
@@ -135,18 +135,21 @@ fn post(url: &str, token: Option<&str>, body: String) -> Result<Request, StoreEr
         .map_err(|_| StoreError::Unreachable)
 }
 
-/// A response's body, at most [`MAX_ANSWER_BYTES`].
-async fn read_body(mut response: Response) -> Result<Vec<u8>, StoreError> {
-    let mut body = Vec::new();
-    let mut chunks = response.stream().map_err(|_| StoreError::Unreachable)?;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|_| StoreError::Unreachable)?;
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(StoreError::Invalid);
-        }
-        body.extend_from_slice(&chunk);
+/// A response's body, at most [`MAX_ANSWER_BYTES`]. Read whole by the
+/// runtime (store answers are a few bytes): no Rust stream code in the wasm.
+async fn read_body(response: Response) -> Result<Vec<u8>, StoreError> {
+    let response = web_sys::Response::from(response);
+    let buffer = response
+        .array_buffer()
+        .map_err(|_| StoreError::Unreachable)?;
+    let buffer = JsFuture::from(buffer)
+        .await
+        .map_err(|_| StoreError::Unreachable)?;
+    let bytes = js_sys::Uint8Array::new(&buffer);
+    if usize::try_from(bytes.length()).map_or(true, |length| length > MAX_ANSWER_BYTES) {
+        return Err(StoreError::Invalid);
     }
-    Ok(body)
+    Ok(bytes.to_vec())
 }
 
 /// The Worker's [`PostJson`]: the runtime's `fetch`, redirects not followed.

@@ -150,24 +150,17 @@ pub struct Counted {
 }
 
 impl Counted {
-    /// `[allowed, count..]` as JSON, the shape of the Redis script's answer.
+    /// `{"result": [allowed, count..]}`: the Redis script's answer as
+    /// Upstash's REST API sends it.
     pub fn to_json(&self) -> String {
         let mut numbers = vec![u64::from(self.allowed)];
         numbers.extend(&self.counts);
-        numbers_json(&numbers)
+        format!("{{\"result\":{}}}", numbers_json(&numbers))
     }
 
     /// [`Counted::to_json`]'s output, checked against `windows`.
     pub fn from_json(body: &[u8], windows: usize) -> Result<Self, StoreError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| StoreError::Invalid)?;
-        let numbers: Option<Vec<u64>> = value
-            .as_array()
-            .ok_or(StoreError::Invalid)?
-            .iter()
-            .map(serde_json::Value::as_u64)
-            .collect();
-        upstash::counted(numbers.ok_or(StoreError::Invalid)?, windows)
+        upstash::parse_answer(body, windows)
     }
 }
 
@@ -288,6 +281,8 @@ fn endpoint_for_cost(path: &str) -> Option<String> {
     Some(endpoint)
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// The identity a request is counted under: the verified user, else the
 /// client's address (IPv6 by its /64; an IPv4-mapped address as IPv4), else
 /// one shared bucket for requests whose address the platform did not give.
@@ -297,11 +292,13 @@ pub(crate) fn identity_key(identity: Option<&Identity>, client_ip: Option<IpAddr
             .chain_update(b"fal-proxy rate\0")
             .chain_update(identity.subject().as_bytes())
             .finalize();
-        let hex: String = digest[..16]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        return format!("u:{hex}");
+        let mut key = String::with_capacity(34);
+        key.push_str("u:");
+        for byte in &digest[..16] {
+            key.push(char::from(HEX[usize::from(byte >> 4)]));
+            key.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        return key;
     }
     match client_ip.map(|ip| ip.to_canonical()) {
         Some(IpAddr::V4(v4)) => format!("ip:{v4}"),
