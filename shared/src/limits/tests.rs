@@ -529,6 +529,12 @@ fn hits_and_answers_travel_as_json() {
         counts: vec![3, 3],
     };
     assert_eq!(counted.to_json(), r#"{"result":[1,3,3]}"#);
-    assert_eq!(Counted::from_json(counted.to_json().as_bytes(), 2), Ok(counted));
-    assert_eq!(Counted::from_json(br#"{"result":[1,3]}"#, 2), Err(StoreError::Invalid));
+    assert_eq!(
+        Counted::from_json(counted.to_json().as_bytes(), 2),
+        Ok(counted)
+    );
+    assert_eq!(
+        Counted::from_json(br#"{"result":[1,3]}"#, 2),
+        Err(StoreError::Invalid)
+    );
 }
