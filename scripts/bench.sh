@@ -4,6 +4,8 @@
 # first SSE event, memory), beside the same calls made straight to the mock
 # and through the official Node proxy (@fal-ai/server-proxy with Express,
 # installed from npm into bench/reference; skip it with --no-reference).
+# Then what a counted request adds with FAL_PROXY_RATE_LIMIT (memory, and a
+# redis-server on loopback: needs redis-server on PATH).
 # Release builds; about two minutes once built. Loopback only, bounded in time.
 #
 # `scripts/bench.sh --soak` instead sends 100,000 requests at concurrency 64
@@ -24,3 +26,6 @@ if [[ "${1:-}" != "--no-reference" ]]; then
 fi
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -m), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), node $(node --version)"
 target/release/fal-proxy-bench target/release/fal-proxy-server "${reference[@]}"
+echo
+echo "== rate limits: what a counted request adds (memory, redis-server on loopback)"
+target/release/fal-proxy-bench-limits target/release/fal-proxy-server

@@ -15,6 +15,7 @@ eval "$(scripts/tools/lambda.sh)"   # cargo-lambda (the Lambda emulator), cfn-li
 eval "$(scripts/tools/vercel.sh)"   # the Vercel CLI, for an offline `vercel build`
 eval "$(scripts/tools/worker.sh)"   # worker-build, wasm-bindgen, wasm-opt, esbuild
 scripts/tools/apt.sh chromium fonts-liberation   # the browser tests of the playground page
+scripts/tools/apt.sh redis-server                # the rate-limit store the limits tests start
 npm ci --no-audit --no-fund --loglevel=error            # wrangler
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error) # @fal-ai/client (and older releases as fal-client-X-Y-Z), playwright-core
 
@@ -50,6 +51,7 @@ step "end-to-end: the real @fal-ai/client against every target"
   vercel.test.mjs vercel-function.test.mjs vercel-routes.test.mjs \
   lambda.test.mjs \
   worker.test.mjs \
+  limits.test.mjs limits-worker.test.mjs \
   playground.test.mjs)
 
 step "end-to-end: every tested @fal-ai/client release (1.0.2 to 1.10.1) through the native server and the Vercel function"

@@ -20,7 +20,7 @@ export { repoRoot };
 const STARTUP_TIMEOUT_MS = 45_000;
 
 /** Settings that are secrets on Cloudflare (`wrangler secret put`); the rest are vars. */
-const SECRET_NAMES = new Set(["FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET"]);
+const SECRET_NAMES = new Set(["FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "FAL_PROXY_RATE_STORE_TOKEN"]);
 
 /** The wrangler binary: $WRANGLER_BIN, else the repository's node_modules. */
 export function wranglerBinary() {
@@ -85,7 +85,16 @@ export const workerLauncher = {
     writeFileSync(
       path.join(dir, "wrangler.json"),
       JSON.stringify(
-        { name: "fal-proxy-e2e", main, compatibility_date: compatibilityDate, assets: { directory: assets }, vars },
+        {
+          name: "fal-proxy-e2e",
+          main,
+          compatibility_date: compatibilityDate,
+          assets: { directory: assets },
+          vars,
+          // The rate limiter of FAL_PROXY_RATE_STORE=durable-object, as in wrangler.toml.
+          durable_objects: { bindings: [{ name: "FAL_PROXY_RATE_LIMITER", class_name: "RateLimiter" }] },
+          migrations: [{ tag: "v1", new_sqlite_classes: ["RateLimiter"] }],
+        },
         null,
         2,
       ),

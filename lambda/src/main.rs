@@ -15,14 +15,20 @@
 //! never its value. The handler never returns an `Err`, which Lambda would
 //! turn into a bare 502. It logs one line per request and never a key.
 
+// The handler's future nests the core's phases and the Redis client's.
+#![recursion_limit = "256"]
+
 use fal_proxy_core::{
-    Function, Hints, KeySetSource, LoggedBody, RequestContext, ReqwestUpstream, Upstream,
+    Function, Hints, KeySetSource, LoggedBody, NativeStore, RequestContext, ReqwestUpstream,
+    Upstream,
 };
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
-use lambda_http::{Body, service_fn};
+use lambda_http::request::RequestContext as EventContext;
+use lambda_http::{Body, RequestExt, service_fn};
 use std::convert::Infallible;
 use std::fmt::Display;
+use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 /// The largest request body the function accepts, in bytes.
@@ -43,34 +49,46 @@ async fn main() -> Result<(), lambda_http::Error> {
     let function = cold_start(|name| std::env::var(name).ok(), ReqwestUpstream::new);
     // One value for the life of the execution environment, shared by every
     // invocation.
-    let function: &'static Function<ReqwestUpstream> = Box::leak(Box::new(function));
+    let function: &'static Function<ReqwestUpstream, NativeStore> = Box::leak(Box::new(function));
     lambda_http::run_with_streaming_response(service_fn(move |request| async move {
         Ok::<_, Infallible>(handle(function, request).await)
     }))
     .await
 }
 
-/// Parses the configuration and builds the upstream client, once; the
-/// outcome is logged, and a bad setting is answered on every request.
+/// Parses the configuration and builds the upstream client and the rate
+/// store, once; the outcome is logged, and a bad setting is answered on
+/// every request.
 fn cold_start<U, E: Display>(
     env: impl Fn(&str) -> Option<String>,
     client: impl FnOnce(&fal_proxy_core::Config) -> Result<U, E>,
-) -> Function<U> {
-    Function::start(env, "lambda", MAX_BODY_BYTES, client, |line| {
-        eprintln!("{line}");
-    })
+) -> Function<U, NativeStore> {
+    Function::start(
+        env,
+        "lambda",
+        MAX_BODY_BYTES,
+        client,
+        NativeStore::new,
+        |line| {
+            eprintln!("{line}");
+        },
+    )
 }
 
 /// Answers one function-URL request. Never fails.
-async fn handle<U>(function: &Function<U>, request: Request<Body>) -> Response<LoggedBody<U::Body>>
+async fn handle<U>(
+    function: &Function<U, NativeStore>,
+    request: Request<Body>,
+) -> Response<LoggedBody<U::Body>>
 where
     U: Upstream<Body> + KeySetSource,
 {
     let started = Instant::now();
+    let client_ip = source_ip(&request);
     let mut request = with_known_length(request);
     request
         .extensions_mut()
-        .insert(RequestContext::new(SystemTime::now(), None));
+        .insert(RequestContext::new(SystemTime::now(), client_ip));
     let response = function.handle(request).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -85,6 +103,16 @@ where
     // The body is re-framed on its way through the Runtime API.
     response.headers_mut().remove(CONTENT_LENGTH);
     response
+}
+
+/// The client's address as the function URL reports it
+/// (`requestContext.http.sourceIp`): the peer of AWS's front end, which no
+/// header the client sends can change.
+fn source_ip(request: &Request<Body>) -> Option<IpAddr> {
+    match request.request_context_ref()? {
+        EventContext::ApiGatewayV2(context) => context.http.source_ip.as_deref()?.parse().ok(),
+        _ => None,
+    }
 }
 
 /// Lambda hands over the whole body, already decoded, so its length is a

@@ -85,7 +85,7 @@ impl Upstream<Body> for FakeFal {
     }
 }
 
-fn function(pairs: &[(&str, &str)], fal: &FakeFal) -> Function<FakeFal> {
+fn function(pairs: &[(&str, &str)], fal: &FakeFal) -> Function<FakeFal, NativeStore> {
     let env: HashMap<String, String> = pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -317,7 +317,7 @@ async fn a_bad_setting_answers_every_request_naming_the_variable() {
 
 #[tokio::test]
 async fn no_http_client_answers_an_internal_error() {
-    let function: Function<FakeFal> = cold_start(|_| None, |_| Err("no TLS roots"));
+    let function: Function<FakeFal, NativeStore> = cold_start(|_| None, |_| Err("no TLS roots"));
     let response = handle(&function, event("post-binary")).await;
     assert_eq!(response.status(), 500);
     assert_eq!(
@@ -340,4 +340,37 @@ async fn an_upstream_body_that_breaks_off_ends_the_stream() {
     let response = handle(&function, event("post-binary")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(body_of(response).await, "data: {\"step\":0}\n\n");
+}
+
+/// The post fixture from another client address.
+fn post_from(source_ip: &str) -> Request<Body> {
+    let mut json: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/post-binary.json")).unwrap();
+    json["requestContext"]["http"]["sourceIp"] = source_ip.into();
+    lambda_http::request::from_str(&json.to_string()).unwrap()
+}
+
+#[tokio::test]
+async fn limits_count_per_source_ip_of_the_function_url() {
+    let fal = FakeFal::default();
+    let function = function(
+        &[("FAL_KEY", SERVER_KEY), ("FAL_PROXY_RATE_LIMIT", "1/min")],
+        &fal,
+    );
+    let first = handle(&function, event("post-binary")).await;
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().contains_key("ratelimit"));
+    // A spoofed forwarding header changes nothing: the event's sourceIp counts.
+    let mut again = event("post-binary");
+    again
+        .headers_mut()
+        .insert("x-forwarded-for", HeaderValue::from_static("192.0.2.99"));
+    let refused = handle(&function, again).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        handle(&function, post_from("192.0.2.99")).await.status(),
+        200
+    );
+    assert_eq!(fal.seen().len(), 2);
 }

@@ -8,6 +8,10 @@
 //! to loopback, it answers only to loopback host names unless
 //! `FAL_PROXY_ALLOWED_HOSTS` says otherwise (DNS-rebinding protection).
 //!
+//! With `FAL_PROXY_RATE_LIMIT`, requests are counted per user (or per
+//! client address: the peer's, or with `FAL_PROXY_CLIENT_IP_HEADER` the one
+//! your load balancer forwards) in the store `FAL_PROXY_RATE_STORE` names.
+//!
 //! It also serves the playground page (`public/`, embedded in the binary) at
 //! `/`, unless `FAL_PROXY_PLAYGROUND=off`.
 //!
@@ -31,8 +35,9 @@ mod playground;
 
 use connections::{AcceptErrors, Connections, InFlight};
 use fal_proxy_core::{
-    Config, DrainOnDrop, Exchange, Hints, Level, LogFormat, LogLine, LoggedBody, PROXY_PATH, Proxy,
-    ProxyBody, ProxyError, RequestContext, ReqwestBody, ReqwestUpstream, vars,
+    Config, DrainOnDrop, Exchange, Hints, Level, LogFormat, LogLine, LoggedBody, NativeStore,
+    PROXY_PATH, Proxy, ProxyBody, ProxyError, RequestContext, ReqwestBody, ReqwestUpstream,
+    forwarded_client_ip, vars,
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -99,6 +104,8 @@ async fn run() -> Result<(), String> {
     let playground = playground::enabled(env(vars::PLAYGROUND).as_deref())?;
     let upstream = ReqwestUpstream::new(&config)
         .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+    let store = Arc::new(NativeStore::new(&config).map_err(|error| error.to_string())?);
+    let client_ip_header = client_ip_header(env(vars::CLIENT_IP_HEADER))?;
     let format = config.log_format();
     if let Some(warning) = config.upstream_warning() {
         eprintln!("{}", warning.render(format));
@@ -167,9 +174,16 @@ async fn run() -> Result<(), String> {
                 let upstream = Arc::clone(&upstream);
                 let slot = Arc::clone(admitted.slot());
                 let stream = connections::Watched::new(stream, Arc::clone(&slot));
-                let client_ip = peer.ip();
-                let service = service_fn(move |request| {
-                    handle(Arc::clone(&proxy), Arc::clone(&upstream), playground, client_ip, slot.request(), request)
+                let store = Arc::clone(&store);
+                let client_ip_header = client_ip_header.clone();
+                let peer_ip = peer.ip();
+                let service = service_fn(move |request: http::Request<Incoming>| {
+                    // Behind your own load balancer, the address it forwards.
+                    let client_ip = client_ip_header
+                        .as_ref()
+                        .and_then(|header| forwarded_client_ip(request.headers(), header.as_str()))
+                        .unwrap_or(peer_ip);
+                    handle(Arc::clone(&proxy), Arc::clone(&upstream), Arc::clone(&store), playground, client_ip, slot.request(), request)
                 });
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
@@ -213,6 +227,7 @@ async fn run() -> Result<(), String> {
 async fn handle(
     proxy: Arc<Proxy>,
     upstream: Arc<ReqwestUpstream>,
+    store: Arc<NativeStore>,
     playground: bool,
     client_ip: IpAddr,
     in_flight: InFlight,
@@ -229,7 +244,9 @@ async fn handle(
     request
         .extensions_mut()
         .insert(RequestContext::new(SystemTime::now(), Some(client_ip)));
-    let mut response = proxy.forward(upstream.as_ref(), request).await;
+    let mut response = proxy
+        .forward(upstream.as_ref(), store.as_ref(), request)
+        .await;
     // A stalled body is not read out: close the connection after the answer.
     let stalled = response
         .extensions()
@@ -253,6 +270,22 @@ async fn handle(
         drop(in_flight);
         eprintln!("{line}")
     }))
+}
+
+/// `FAL_PROXY_CLIENT_IP_HEADER`: the header your own load balancer writes
+/// the client's address in (its last address is taken). Off by default:
+/// a client could write any such header itself.
+fn client_ip_header(value: Option<String>) -> Result<Option<http::HeaderName>, String> {
+    let Some(value) = value.filter(|value| !value.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let name = http::HeaderName::try_from(value.trim().to_ascii_lowercase()).map_err(|_| {
+        format!(
+            "invalid {}: expected a header name such as x-forwarded-for",
+            vars::CLIENT_IP_HEADER
+        )
+    })?;
+    Ok(Some(name))
 }
 
 fn listen_address(env: impl Fn(&str) -> Option<String>) -> Result<SocketAddr, String> {

@@ -8,6 +8,7 @@ use crate::auth::Auth;
 use crate::cors::Cors;
 use crate::egress::EgressProxy;
 use crate::key::{ApiKey, KeyMode};
+use crate::limits::Limits;
 use crate::log::{Level, LogFormat, LogLine};
 use crate::pattern::Glob;
 use crate::target::{DEFAULT_ALLOW_URLS, EndpointAllowList, UrlAllowList, UrlPattern};
@@ -60,6 +61,20 @@ pub mod vars {
     pub const AUTH_ISSUER: &str = "FAL_PROXY_AUTH_ISSUER";
     /// Accepted token audiences (`aud`), comma-separated.
     pub const AUTH_AUDIENCE: &str = "FAL_PROXY_AUTH_AUDIENCE";
+    /// Rate-limit windows per identity (`10/min,200/day`); unset: no limit.
+    pub const RATE_LIMIT: &str = "FAL_PROXY_RATE_LIMIT";
+    /// Units per endpoint pattern (`fal-ai/kling-video/**=50`); else 1.
+    pub const ENDPOINT_COSTS: &str = "FAL_PROXY_ENDPOINT_COSTS";
+    /// Where the counters live: `memory`, `redis://`, `https://` (Upstash
+    /// REST), `durable-object` (Worker).
+    pub const RATE_STORE: &str = "FAL_PROXY_RATE_STORE";
+    /// The Upstash REST store's token.
+    pub const RATE_STORE_TOKEN: &str = "FAL_PROXY_RATE_STORE_TOKEN";
+    /// `closed` (503 when the store cannot answer) or `open`.
+    pub const RATE_STORE_FAILURE: &str = "FAL_PROXY_RATE_STORE_FAILURE";
+    /// Native server only: the header your own load balancer puts the
+    /// client's address in (`x-forwarded-for`, `x-real-ip`); unset: the peer.
+    pub const CLIENT_IP_HEADER: &str = "FAL_PROXY_CLIENT_IP_HEADER";
 
     /// Every setting the core reads, for a target that must notice when
     /// they change (the Worker keeps its parsed configuration per isolate).
@@ -79,6 +94,11 @@ pub mod vars {
         AUTH_JWT_SECRET,
         AUTH_ISSUER,
         AUTH_AUDIENCE,
+        RATE_LIMIT,
+        ENDPOINT_COSTS,
+        RATE_STORE,
+        RATE_STORE_TOKEN,
+        RATE_STORE_FAILURE,
         LOG_FORMAT,
         USE_ENV_PROXY,
         BODY_IDLE_TIMEOUT_SECS,
@@ -137,6 +157,7 @@ pub struct Config {
     pub(crate) log_format: LogFormat,
     pub(crate) egress: Option<EgressProxy>,
     pub(crate) auth: Option<Auth>,
+    pub(crate) limits: Option<Limits>,
 }
 
 impl fmt::Debug for Config {
@@ -164,6 +185,7 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("egress", &self.egress)
             .field("auth", &self.auth)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -341,6 +363,7 @@ impl Config {
         let log_format = LogFormat::parse(get(vars::LOG_FORMAT).as_deref())?;
         let egress = EgressProxy::from_lookup(get)?;
         let auth = Auth::from_lookup(get)?;
+        let limits = Limits::from_lookup(get)?;
 
         Ok(Self {
             server_key,
@@ -357,12 +380,18 @@ impl Config {
             log_format,
             egress,
             auth,
+            limits,
         })
     }
 
     /// Whether requests must carry an app user's bearer token.
     pub fn auth_enabled(&self) -> bool {
         self.auth.is_some()
+    }
+
+    /// The rate limits, when `FAL_PROXY_RATE_LIMIT` is set.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.limits.as_ref()
     }
 
     /// The key mode in force.
@@ -467,6 +496,12 @@ impl Config {
         );
         if let Some(egress) = &self.egress {
             let _ = write!(summary, "; egress: {egress}");
+        }
+        match &self.limits {
+            None => summary.push_str("; limits: off"),
+            Some(limits) => {
+                let _ = write!(summary, "; limits: {}", limits.summary());
+            }
         }
         summary
     }

@@ -10,7 +10,7 @@ use std::fmt;
 const ALLOW_METHODS: &str = "GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS";
 /// Request headers a browser may send besides the `x-fal-*` family.
 const ALLOWED_REQUEST_HEADERS: &[&str] = &["content-type", "accept", "authorization"];
-const EXPOSE_HEADERS: &str = "x-fal-request-id, x-fal-request-timeout-type, x-fal-error-type, x-fal-needs-retry, x-fal-retryable";
+const EXPOSE_HEADERS: &str = "x-fal-request-id, x-fal-request-timeout-type, x-fal-error-type, x-fal-needs-retry, x-fal-retryable, ratelimit, ratelimit-policy, retry-after";
 const MAX_AGE_SECS: &str = "600";
 
 /// The origins allowed to call the proxy from another origin.

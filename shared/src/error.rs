@@ -69,6 +69,13 @@ pub enum ProxyError {
     /// exchange broke off.
     #[error("The fal API answered with a broken response.")]
     UpstreamBroken,
+    /// The identity's rate limit is used up (the 429 itself is made by the
+    /// limits phase, with when to retry).
+    #[error("Rate limit reached: try again later.")]
+    RateLimited,
+    /// The rate-limit store could not answer and the proxy fails closed.
+    #[error("The proxy's rate-limit store is unavailable; try again shortly.")]
+    RateStoreUnavailable,
     /// A fault of the proxy itself.
     #[error("The proxy failed to handle this request.")]
     Internal,
@@ -92,7 +99,8 @@ impl ProxyError {
             | Self::InvalidUserKey
             | Self::InvalidRequest => StatusCode::BAD_REQUEST,
             Self::MissingUserKey | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AuthUnavailable | Self::RateStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::TargetNotAllowed
             | Self::EndpointNotAllowed
             | Self::OriginNotAllowed
@@ -127,6 +135,8 @@ impl ProxyError {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBroken => "upstream_error",
+            Self::RateLimited => "rate_limited",
+            Self::RateStoreUnavailable => "rate_store_unavailable",
             Self::Internal => "internal_error",
             Self::UpstreamRedirect => "upstream_redirect",
             Self::RequestBodyTimeout => "request_body_timeout",

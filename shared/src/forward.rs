@@ -8,6 +8,7 @@ use crate::headers::{filter_response_headers, upstream_request_headers};
 use crate::host;
 use crate::info;
 use crate::key;
+use crate::limits::{self, Charge, CounterStore, Failure, RateNote};
 use crate::log::{Hint, Level, LogFormat, LogLine, untrusted};
 use crate::redirect;
 use crate::target::Target;
@@ -94,6 +95,10 @@ pub struct Exchange {
     /// The bearer token, between the request phase and authentication.
     bearer: Option<Bearer>,
     identity: Option<Identity>,
+    /// A counted request's rate-limit headers.
+    rate: Option<RateNote>,
+    /// The rate store could not answer (the request failed open or closed).
+    store_down: bool,
 }
 
 impl Exchange {
@@ -112,6 +117,8 @@ impl Exchange {
             context: None,
             bearer: None,
             identity: None,
+            rate: None,
+            store_down: false,
         }
     }
 
@@ -180,6 +187,9 @@ impl Exchange {
         if let Some(host) = &self.host {
             line = line.text("host", host.as_str());
         }
+        if self.store_down {
+            line = line.text("rate_store", "unavailable");
+        }
         line
     }
 
@@ -230,19 +240,26 @@ impl Proxy {
     /// Runs every phase: the request filter, authentication, the upstream
     /// exchange, the response filter. Never fails: every error becomes a
     /// response. The [`Exchange`] is in the response's extensions for the
-    /// target's log. `upstream` also fetches the auth provider's key set.
-    pub async fn forward<B, U>(
+    /// target's log. `upstream` also fetches the auth provider's key set;
+    /// `store` keeps the rate-limit counters (unused without a limit).
+    pub async fn forward<B, U, S>(
         &self,
         upstream: &U,
+        store: &S,
         request: Request<B>,
     ) -> Response<ProxyBody<U::Body>>
     where
         U: Upstream<B> + KeySetSource,
+        S: CounterStore,
     {
         let (response, exchange) = match self.request_filter(request) {
             Decision::Respond(response, exchange) => (response.map(ProxyBody::Full), exchange),
             Decision::Forward(request, mut exchange) => {
-                match self.authenticate(upstream, &mut exchange).await {
+                let checked = match self.authenticate(upstream, &mut exchange).await {
+                    Ok(()) => self.limit(store, &mut exchange).await,
+                    Err(error) => Err(error),
+                };
+                match checked {
                     Ok(()) => self.send(upstream, request, exchange).await,
                     Err(error) => {
                         exchange.error = Some(error);
@@ -310,6 +327,48 @@ impl Proxy {
             .unix_secs();
         exchange.identity = Some(auth.authenticate(&bearer, now, keys).await?);
         Ok(())
+    }
+
+    /// Phase 3, when a rate limit is set: charges a counted request's cost
+    /// to its identity through `store` (one atomic hit), or refuses it with
+    /// [`ProxyError::RateLimited`]. Polls of submitted requests pass
+    /// uncounted. Runs after [`Proxy::authenticate`], whose user it counts.
+    pub async fn limit<S: CounterStore>(
+        &self,
+        store: &S,
+        exchange: &mut Exchange,
+    ) -> Result<(), ProxyError> {
+        let Some(limits) = &self.config.limits else {
+            return Ok(());
+        };
+        let (host, path) = exchange.target.as_ref().ok_or(ProxyError::Internal)?;
+        let cost = match limits.charge(&exchange.method, host, path) {
+            Charge::Free => return Ok(()),
+            Charge::Cost(0) => return Ok(()),
+            Charge::Cost(cost) => cost,
+        };
+        let context = exchange.context.as_ref().ok_or(ProxyError::Internal)?;
+        let identity = limits::identity_key(exchange.identity.as_ref(), context.client_ip);
+        let hit = limits.hit(&identity, cost, context.unix_secs());
+        match store.hit(&hit).await {
+            Ok(counted) => {
+                let note = limits.note(&hit, &counted);
+                let refused = note.refused();
+                exchange.rate = Some(note);
+                if refused {
+                    Err(ProxyError::RateLimited)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(_) => {
+                exchange.store_down = true;
+                match limits.failure() {
+                    Failure::Open => Ok(()),
+                    Failure::Closed => Err(ProxyError::RateStoreUnavailable),
+                }
+            }
+        }
     }
 
     /// Phase 1: validates the browser's request and builds the upstream one,
@@ -504,6 +563,9 @@ impl Proxy {
             response.headers(),
         )?;
         filter_response_headers(response.headers_mut());
+        if let Some(rate) = &exchange.rate {
+            rate.decorate(response.headers_mut());
+        }
         self.cors_headers(exchange, response.headers_mut());
         Ok(response)
     }
@@ -524,7 +586,10 @@ impl Proxy {
     /// An error as the browser sees it: fal's JSON error shape, with CORS
     /// headers when the origin is allowed, so the page can read it.
     pub fn error_response(&self, exchange: &Exchange, error: ProxyError) -> Response<Bytes> {
-        let mut response = error.to_response();
+        let mut response = match (&exchange.rate, error) {
+            (Some(rate), ProxyError::RateLimited) => rate.refusal(),
+            _ => error.to_response(),
+        };
         self.cors_headers(exchange, response.headers_mut());
         response
     }

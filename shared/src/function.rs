@@ -4,6 +4,7 @@ use crate::auth::KeySetSource;
 use crate::config::{Config, ConfigError};
 use crate::error::ProxyError;
 use crate::forward::{Proxy, ProxyBody, Upstream};
+use crate::limits::{CounterStore, StoreKind};
 use crate::log::{Level, LogFormat, LogLine};
 use http::{Request, Response};
 use std::fmt::Display;
@@ -17,13 +18,15 @@ use std::fmt::Display;
     clippy::large_enum_variant,
     reason = "one value per process, built once and never moved"
 )]
-pub enum Function<U> {
+pub enum Function<U, S> {
     /// Forwarding with this proxy and upstream client.
     Ready {
         /// The proxy, with the platform's body limit applied.
         proxy: Proxy,
         /// The HTTP client, built once.
         upstream: U,
+        /// The rate-limit counters' store, built once.
+        store: S,
     },
     /// A setting is invalid: every request gets a JSON 500 naming it.
     Misconfigured(ConfigError),
@@ -31,9 +34,10 @@ pub enum Function<U> {
     NoClient,
 }
 
-impl<U> Function<U> {
+impl<U, S> Function<U, S> {
     /// Parses the configuration through `lookup`, lowers the body limit to
-    /// `platform_max_body` bytes, builds the client, and reports the outcome
+    /// `platform_max_body` bytes, builds the client and the rate store
+    /// (a store it cannot build is a bad setting), and reports the outcome
     /// in a few lines through `log`, rendered in the configured format
     /// (never a key): what is in force, and what a browser page on another
     /// origin needs.
@@ -42,6 +46,7 @@ impl<U> Function<U> {
         platform: &str,
         platform_max_body: u64,
         client: impl FnOnce(&Config) -> Result<U, E>,
+        store: impl FnOnce(&Config) -> Result<S, ConfigError>,
         log: impl Fn(&str),
     ) -> Self {
         let format = LogFormat::from_lookup(&lookup);
@@ -69,8 +74,31 @@ impl<U> Function<U> {
                 return Self::NoClient;
             }
         };
+        let store = match store(&config) {
+            Ok(store) => store,
+            Err(error) => {
+                say(LogLine::message(
+                    Level::Error,
+                    format!(
+                        "{error}; every request is answered 500 invalid_configuration until it is fixed"
+                    ),
+                ));
+                return Self::Misconfigured(error);
+            }
+        };
         if let Some(warning) = config.upstream_warning() {
             say(warning);
+        }
+        if config
+            .limits()
+            .is_some_and(|limits| *limits.store() == StoreKind::Memory)
+        {
+            say(LogLine::message(
+                Level::Warn,
+                format!(
+                    "FAL_PROXY_RATE_STORE=memory: on {platform} each instance counts alone, so a user can get the limit once per instance; set FAL_PROXY_RATE_STORE to a redis:// or Upstash https:// store to share the counts"
+                ),
+            ));
         }
         say(LogLine::message(
             Level::Info,
@@ -88,6 +116,7 @@ impl<U> Function<U> {
         Self::Ready {
             proxy: Proxy::new(config, platform),
             upstream,
+            store,
         }
     }
 
@@ -95,9 +124,14 @@ impl<U> Function<U> {
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody<U::Body>>
     where
         U: Upstream<B> + KeySetSource,
+        S: CounterStore,
     {
         match self {
-            Self::Ready { proxy, upstream } => proxy.forward(upstream, request).await,
+            Self::Ready {
+                proxy,
+                upstream,
+                store,
+            } => proxy.forward(upstream, store, request).await,
             Self::Misconfigured(error) => error.to_response().map(ProxyBody::Full),
             Self::NoClient => ProxyError::Internal.to_response().map(ProxyBody::Full),
         }
@@ -108,6 +142,7 @@ impl<U> Function<U> {
 mod tests {
     use super::*;
     use crate::error::UpstreamError;
+    use crate::limits::MemoryStore;
     use bytes::Bytes;
     use std::cell::RefCell;
 
@@ -129,7 +164,9 @@ mod tests {
         }
     }
 
-    fn start(pairs: &'static [(&str, &str)], client_ok: bool) -> (Function<Echo>, Vec<String>) {
+    type EchoFunction = Function<Echo, MemoryStore>;
+
+    fn start(pairs: &'static [(&str, &str)], client_ok: bool) -> (EchoFunction, Vec<String>) {
         let lines = RefCell::new(Vec::new());
         let function = Function::start(
             |name| {
@@ -141,12 +178,13 @@ mod tests {
             "test",
             1000,
             |_| if client_ok { Ok(Echo) } else { Err("no roots") },
+            |_| Ok(MemoryStore::new()),
             |line| lines.borrow_mut().push(line.to_owned()),
         );
         (function, lines.into_inner())
     }
 
-    fn run(function: &Function<Echo>) -> Response<ProxyBody<Bytes>> {
+    fn run(function: &EchoFunction) -> Response<ProxyBody<Bytes>> {
         let request = Request::post("/api/fal/proxy")
             .header("x-fal-target-url", "https://fal.run/fal-ai/x")
             .body(Bytes::from_static(b"{}"))

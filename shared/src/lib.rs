@@ -36,7 +36,8 @@
 //! ```
 //! use bytes::Bytes;
 //! use fal_proxy_core::{
-//!     Config, KeySetDocument, KeySetError, KeySetSource, Proxy, ProxyBody, Upstream, UpstreamError,
+//!     Config, KeySetDocument, KeySetError, KeySetSource, MemoryStore, Proxy, ProxyBody, Upstream,
+//!     UpstreamError,
 //! };
 //! use http::{Request, Response};
 //!
@@ -60,10 +61,12 @@
 //!
 //! let config = Config::from_lookup(|name| (name == "FAL_KEY").then(|| "id:secret".to_owned()))?;
 //! let proxy = Proxy::new(config, "doctest");
+//! // Rate-limit counters (none are kept: no FAL_PROXY_RATE_LIMIT here).
+//! let store = MemoryStore::new();
 //! let request = Request::post("/api/fal/proxy")
 //!     .header("x-fal-target-url", "https://fal.run/fal-ai/flux/dev")
 //!     .body(Bytes::from_static(b"{}"))?;
-//! let response = futures_lite_block_on(proxy.forward(&EchoFal, request));
+//! let response = futures_lite_block_on(proxy.forward(&EchoFal, &store, request));
 //! assert_eq!(response.status(), 200);
 //! match response.into_body() {
 //!     ProxyBody::Upstream(body) => assert_eq!(body, "https://fal.run/fal-ai/flux/dev"),
@@ -73,7 +76,7 @@
 //! let refused = Request::post("/api/fal/proxy")
 //!     .header("x-fal-target-url", "https://fal.run.evil.example/steal")
 //!     .body(Bytes::new())?;
-//! let response = futures_lite_block_on(proxy.forward(&EchoFal, refused));
+//! let response = futures_lite_block_on(proxy.forward(&EchoFal, &store, refused));
 //! assert_eq!(response.status(), 403);
 //! # fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
 //! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
@@ -94,6 +97,7 @@ mod headers;
 mod host;
 mod info;
 mod key;
+mod limits;
 mod log;
 mod pattern;
 mod progress;
@@ -120,6 +124,14 @@ pub use function::Function;
 pub use headers::CLIENT_PROXY_HEADER;
 pub use info::INFO_PATH;
 pub use key::{KeyMode, USER_KEY_HEADER};
+#[cfg(feature = "reqwest")]
+pub use limits::ReqwestPost;
+pub use limits::{
+    Counted, CounterStore, Counters, Failure, Hit, Limits, MAX_ANSWER_BYTES, MemoryStore, PostJson,
+    REDIS_SCRIPT, STORE_TIMEOUT, StoreError, StoreKind, UpstashStore, Window, forwarded_client_ip,
+};
+#[cfg(feature = "redis")]
+pub use limits::{NativeStore, RedisStore};
 pub use log::{Hint, Hints, Level, LogFormat, LogLine};
 pub use progress::DEFAULT_BODY_IDLE_TIMEOUT;
 pub use target::{TARGET_URL_HEADER, Target};

@@ -502,7 +502,11 @@ mod proxy_tests {
         let response = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(proxy.forward(&Failing(upstream), request));
+            .block_on(proxy.forward(
+                &Failing(upstream),
+                &crate::limits::MemoryStore::new(),
+                request,
+            ));
         response.map(|_| ())
     }
 

@@ -12,6 +12,10 @@
 //! uploads and Server-Sent Events stream through without passing through
 //! Rust ([`translate`]).
 //!
+//! Rate limits count per user, or per `CF-Connecting-IP`, in the store
+//! `FAL_PROXY_RATE_STORE` names ([`limits`]): the [`limits::RateLimiter`]
+//! Durable Object, Upstash's REST API, or this isolate's memory.
+//!
 //! It never answers with an uncaught error or a panic: a bad configuration
 //! is a JSON 500 naming the variable, every other failure is the core's JSON
 //! error. It never logs or returns a key. Log lines are the core's, as text
@@ -20,6 +24,7 @@
 //! `fetch` has no proxy setting, and the summary says so.
 
 mod fetch;
+mod limits;
 mod translate;
 
 use fal_proxy_core::{
@@ -27,6 +32,7 @@ use fal_proxy_core::{
     RequestContext, vars,
 };
 use fetch::FetchUpstream;
+use limits::WorkerStore;
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -38,6 +44,7 @@ struct Built {
     settings: Vec<Option<String>>,
     proxy: Proxy,
     upstream: FetchUpstream,
+    store: WorkerStore,
 }
 
 thread_local! {
@@ -77,7 +84,7 @@ async fn main(
             request
                 .extensions_mut()
                 .insert(RequestContext::new(now, client_ip));
-            proxy.forward(upstream, request).await
+            proxy.forward(upstream, &built.store, request).await
         }
         None => ProxyError::InvalidRequest
             .to_response()
@@ -109,9 +116,11 @@ fn built(env: &Env) -> Result<Rc<Built>, ConfigError> {
         return Ok(built);
     }
     let config = Config::from_lookup(|name| lookup(env, name))?;
+    let store = WorkerStore::new(&config, env)?;
     log_summary(&config);
     let built = Rc::new(Built {
         settings,
+        store,
         upstream: FetchUpstream::new(&config),
         proxy: Proxy::new(config, "worker"),
     });
@@ -135,6 +144,18 @@ fn log_summary(config: &Config) {
     console_log!("{}", line(Level::Info, config.browser_summary(None, None)));
     if let Some(warning) = config.upstream_warning() {
         console_warn!("{}", warning.render(format));
+    }
+    if config
+        .limits()
+        .is_some_and(|limits| *limits.store() == fal_proxy_core::StoreKind::Memory)
+    {
+        console_warn!(
+            "{}",
+            line(
+                Level::Warn,
+                "FAL_PROXY_RATE_STORE=memory: each Worker isolate counts alone; use durable-object (or Upstash's REST API) to share the counts".to_owned()
+            )
+        );
     }
     if config.egress_proxy().is_some() {
         console_warn!(

@@ -13,14 +13,22 @@
 //! function: it is logged once, and every request is answered with a JSON
 //! 500 `invalid_configuration` naming the variable, never its value.
 //!
+//! Rate limits count per user, or per client address as Vercel reports it
+//! in `x-forwarded-for`; with `FAL_PROXY_RATE_STORE=memory` each instance
+//! counts alone (the start-up log says so).
+//!
 //! One reqwest client serves every request. Response bodies stream through
 //! untouched, so Server-Sent Events arrive event by event. Each request logs
 //! one line (method, target host and path, status, duration, bytes) and never
 //! a key. The handler never returns an error, so Vercel never answers with
 //! its bare 500.
 
+// The handler's future nests the core's phases and the Redis client's.
+#![recursion_limit = "256"]
+
 use fal_proxy_core::{
-    DrainOnDrop, Function, Hints, LoggedBody, RequestContext, ReqwestUpstream, vars,
+    DrainOnDrop, Function, Hints, LoggedBody, NativeStore, RequestContext, ReqwestUpstream,
+    forwarded_client_ip, vars,
 };
 use http::Response;
 use http_body_util::BodyExt;
@@ -53,6 +61,7 @@ async fn main() -> Result<(), vercel_runtime::Error> {
         "vercel",
         VERCEL_MAX_BODY_BYTES,
         ReqwestUpstream::new,
+        NativeStore::new,
         |line| eprintln!("{line}"),
     );
     let function = Arc::new(function);
@@ -67,16 +76,19 @@ async fn main() -> Result<(), vercel_runtime::Error> {
 
 /// Answers one request. Never fails.
 async fn handle(
-    function: &Function<ReqwestUpstream>,
+    function: &Function<ReqwestUpstream, NativeStore>,
     request: Request,
     state: &AppState,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     // A refused request's unread body is read out, so the answer is not lost to a reset.
+    // Vercel's edge overwrites `x-forwarded-for` with the client's address
+    // (a client's own value never reaches the function).
+    let client_ip = forwarded_client_ip(request.headers(), "x-forwarded-for");
     let mut request = request.map(DrainOnDrop::new);
     request
         .extensions_mut()
-        .insert(RequestContext::new(SystemTime::now(), None));
+        .insert(RequestContext::new(SystemTime::now(), client_ip));
     let response = function.handle(request).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

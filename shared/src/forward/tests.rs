@@ -81,7 +81,7 @@ fn run(proxy: &Proxy, fal: &FakeFal, request: Request<Bytes>) -> Response<ProxyB
         .enable_all()
         .build()
         .unwrap()
-        .block_on(proxy.forward(fal, request))
+        .block_on(proxy.forward(fal, &crate::limits::MemoryStore::new(), request))
 }
 
 fn error_of(response: &Response<ProxyBody<Bytes>>) -> Option<ProxyError> {
@@ -877,3 +877,182 @@ fn authentication_with_user_keys_and_without_a_clock() {
     assert_eq!(fal.count(), 1);
 }
 mod hardening;
+
+/// A store that cannot be reached.
+struct DownStore;
+
+impl crate::limits::CounterStore for DownStore {
+    async fn hit(
+        &self,
+        _hit: &crate::limits::Hit,
+    ) -> Result<crate::limits::Counted, crate::limits::StoreError> {
+        Err(crate::limits::StoreError::Unreachable)
+    }
+}
+
+fn at(request: Request<Bytes>, secs: u64, ip: &str) -> Request<Bytes> {
+    let mut request = request;
+    request.extensions_mut().insert(RequestContext::new(
+        std::time::UNIX_EPOCH + Duration::from_secs(secs),
+        Some(ip.parse().unwrap()),
+    ));
+    request
+}
+
+fn run_with<S: crate::limits::CounterStore>(
+    proxy: &Proxy,
+    fal: &FakeFal,
+    store: &S,
+    request: Request<Bytes>,
+) -> Response<ProxyBody<Bytes>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(proxy.forward(fal, store, request))
+}
+
+#[test]
+fn over_the_limit_is_a_429_with_retry_after_and_nothing_goes_upstream() {
+    let proxy = proxy(&[
+        ("FAL_KEY", SERVER_KEY),
+        ("FAL_PROXY_RATE_LIMIT", "2/min,10/day"),
+        ("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/kling-video/**=2"),
+        ("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example"),
+    ]);
+    let fal = FakeFal::ok();
+    let store = crate::limits::MemoryStore::new();
+    let now = 1_800_000_040; // 20 s before a minute ends
+    let submit = || {
+        at(
+            request(
+                "POST",
+                Some("https://queue.fal.run/fal-ai/flux/dev"),
+                &[("origin", "https://app.example")],
+            ),
+            now,
+            "203.0.113.5",
+        )
+    };
+    let first = run_with(&proxy, &fal, &store, submit());
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        first.headers()["ratelimit"],
+        "\"2/min\";r=1;t=20, \"10/day\";r=9;t=57560"
+    );
+    assert_eq!(
+        first.headers()["ratelimit-policy"],
+        "\"2/min\";q=2;w=60, \"10/day\";q=10;w=86400"
+    );
+    let exposed = first.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    for name in ["ratelimit", "ratelimit-policy", "retry-after"] {
+        assert!(exposed.split(", ").any(|n| n == name), "{exposed}");
+    }
+    assert_eq!(
+        run_with(&proxy, &fal, &store, submit()).status(),
+        StatusCode::OK
+    );
+    let refused = run_with(&proxy, &fal, &store, submit());
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_of(&refused), Some(ProxyError::RateLimited));
+    assert_eq!(refused.headers()["retry-after"], "20");
+    assert_eq!(
+        refused.headers()["ratelimit"],
+        "\"2/min\";r=0;t=20, \"10/day\";r=8;t=57560"
+    );
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body_text(&refused)).unwrap();
+    assert_eq!(body["error_type"], "rate_limited");
+    assert!(
+        body["detail"].as_str().unwrap().contains("20 seconds"),
+        "{body}"
+    );
+    assert_eq!(fal.count(), 2);
+    // A poll of the submitted request still passes, uncounted.
+    let poll = run_with(
+        &proxy,
+        &fal,
+        &store,
+        at(
+            request(
+                "GET",
+                Some("https://queue.fal.run/fal-ai/flux/requests/r1/status"),
+                &[],
+            ),
+            now,
+            "203.0.113.5",
+        ),
+    );
+    assert_eq!(poll.status(), StatusCode::OK);
+    assert!(poll.headers().get("ratelimit").is_none());
+    // Another address has its own budget; the same /64 shares one.
+    let other = at(
+        request("POST", Some("https://fal.run/fal-ai/kling-video/v2"), &[]),
+        now,
+        "2001:db8:0:1::1",
+    );
+    assert_eq!(
+        run_with(&proxy, &fal, &store, other).status(),
+        StatusCode::OK
+    );
+    let neighbour = at(
+        request("POST", Some("https://fal.run/fal-ai/flux/dev"), &[]),
+        now,
+        "2001:db8:0:1:ffff::2",
+    );
+    assert_eq!(
+        run_with(&proxy, &fal, &store, neighbour).status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(fal.count(), 4);
+}
+
+#[test]
+fn a_store_that_cannot_answer_fails_closed_or_open() {
+    let closed = proxy(&[("FAL_KEY", SERVER_KEY), ("FAL_PROXY_RATE_LIMIT", "5/min")]);
+    let fal = FakeFal::ok();
+    let submit = || {
+        at(
+            request("POST", Some("https://queue.fal.run/fal-ai/flux/dev"), &[]),
+            1_800_000_000,
+            "127.0.0.1",
+        )
+    };
+    let response = run_with(&closed, &fal, &DownStore, submit());
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(&response), Some(ProxyError::RateStoreUnavailable));
+    assert!(body_text(&response).contains("rate_store_unavailable"));
+    assert_eq!(fal.count(), 0);
+    let exchange = response.extensions().get::<Exchange>().unwrap();
+    let line = exchange.log_line(response.status(), Duration::ZERO, 0);
+    assert!(line.contains("rate_store=unavailable"), "{line}");
+    // Polls never ask the store.
+    let poll = at(
+        request(
+            "GET",
+            Some("https://queue.fal.run/fal-ai/flux/requests/r1"),
+            &[],
+        ),
+        1_800_000_000,
+        "127.0.0.1",
+    );
+    assert_eq!(
+        run_with(&closed, &fal, &DownStore, poll).status(),
+        StatusCode::OK
+    );
+
+    let open = proxy(&[
+        ("FAL_KEY", SERVER_KEY),
+        ("FAL_PROXY_RATE_LIMIT", "5/min"),
+        ("FAL_PROXY_RATE_STORE_FAILURE", "open"),
+    ]);
+    let response = run_with(&open, &fal, &DownStore, submit());
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().get("ratelimit").is_none());
+    assert_eq!(fal.count(), 2);
+}
