@@ -538,3 +538,83 @@ fn hits_and_answers_travel_as_json() {
         Err(StoreError::Invalid)
     );
 }
+
+// ---- limitsreview2: failing reproductions (review findings, not fixes) ----
+
+/// FINDING: a `;` (or other character the proxy's own allow-list treats as
+/// ambiguous, see `target::is_plain_app_path`) in the app segment is not
+/// treated as ambiguous by `endpoint_for_cost`: `kling-video;x` no longer
+/// matches `fal-ai/kling-video/**`, so the request is charged the default 1
+/// instead of 50 (or the highest cost). If any router in front of fal drops a
+/// `;` path parameter (as `..;/`-style normalisation does), a Kling video costs 1.
+#[test]
+fn review_a_matrix_parameter_does_not_lower_an_endpoint_cost() {
+    let limits = limits(&[
+        ("FAL_PROXY_RATE_LIMIT", "100/min"),
+        ("FAL_PROXY_ENDPOINT_COSTS", "fal-ai/kling-video/**=50"),
+    ])
+    .unwrap();
+    let mut cheap = Vec::new();
+    for path in [
+        "/fal-ai/kling-video;x/v2/master/text-to-video",
+        "/fal-ai/kling-video;/v2/master/text-to-video",
+        "/fal-ai/kling-video@x/v2/master/text-to-video",
+        "/fal-ai/kling-video:x/v2/master/text-to-video",
+    ] {
+        assert!(
+            !crate::target::is_plain_app_path(path),
+            "the allow-list itself calls {path} ambiguous"
+        );
+        let charge = limits.charge(&Method::POST, "queue.fal.run", path);
+        if charge != Charge::Cost(50) {
+            cheap.push(format!("{path} -> {charge:?}"));
+        }
+    }
+    assert!(
+        cheap.is_empty(),
+        "paths the allow-list calls ambiguous must cost the highest cost (50), \
+         not the default: {cheap:?}"
+    );
+}
+
+/// FINDING: `RedisStore::connection` holds its `tokio::sync::Mutex` across
+/// `get_multiplexed_async_connection` (bounded by STORE_TIMEOUT), and the wait
+/// for that lock is not bounded at all. With a Redis that accepts TCP but never
+/// answers (or a blackholed address), concurrent requests queue on the lock and
+/// the k-th waits about k * STORE_TIMEOUT instead of STORE_TIMEOUT.
+#[cfg(feature = "redis")]
+#[test]
+fn review_a_silent_redis_holds_requests_beyond_the_store_timeout() {
+    use std::time::Instant;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    // Accept and keep the sockets open, never answering.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let store = RedisStore::new(&format!("redis://127.0.0.1:{port}")).expect("store");
+    let limits = limits(&[("FAL_PROXY_RATE_LIMIT", "10/min")]).unwrap();
+    let hit = limits.hit("ip:1.2.3.4", 1, 1_000_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let slowest = runtime.block_on(async {
+        let timed = || async {
+            let start = Instant::now();
+            let answer = store.hit(&hit).await;
+            assert!(answer.is_err());
+            start.elapsed()
+        };
+        let (a, b, c) = tokio::join!(timed(), timed(), timed());
+        eprintln!("elapsed: {a:?} {b:?} {c:?}");
+        a.max(b).max(c)
+    });
+    assert!(
+        slowest < STORE_TIMEOUT + std::time::Duration::from_millis(500),
+        "a request waited {slowest:?} for a silent Redis; STORE_TIMEOUT is {STORE_TIMEOUT:?}"
+    );
+}
