@@ -263,7 +263,13 @@ fn is_queue_poll(method: &Method, host: &str, path: &str) -> bool {
 /// trailing `/stream`. `None` when the path is encoded in a way fal could
 /// read differently (then the highest cost applies).
 fn endpoint_for_cost(path: &str) -> Option<String> {
-    if path.contains(['%', '\\']) {
+    // Only the characters fal app ids use (as the endpoint allow-list
+    // demands): `;`, `@`, `:`, `%`, `\` and the like could name the same
+    // app to a router behind fal, so such a path pays the highest cost.
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
+    if !plain {
         return None;
     }
     let lowered = path.to_ascii_lowercase();

@@ -59,7 +59,18 @@ impl RedisStore {
 }
 
 impl CounterStore for RedisStore {
+    /// One deadline for the whole exchange, the wait for the shared
+    /// connection included: while Redis is silent, concurrent requests must
+    /// not queue behind each other's connection attempts.
     async fn hit(&self, hit: &Hit) -> Result<Counted, StoreError> {
+        tokio::time::timeout(STORE_TIMEOUT, self.exchange(hit))
+            .await
+            .map_err(|_| StoreError::Unreachable)?
+    }
+}
+
+impl RedisStore {
+    async fn exchange(&self, hit: &Hit) -> Result<Counted, StoreError> {
         let mut connection = self.connection().await?;
         let mut invocation = self.script.prepare_invoke();
         for key in &hit.keys {
