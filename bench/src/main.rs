@@ -184,7 +184,10 @@ async fn main() -> std::process::ExitCode {
     // Memory after (at least) 100,000 proxied requests: top up with more load.
     let mut after_load = Vec::new();
     for contender in &mut contenders {
-        if contender.served < SERVED_FOR_MEMORY {
+        for _ in 0..3 {
+            if contender.served >= SERVED_FOR_MEMORY {
+                break;
+            }
             let left = (SERVED_FOR_MEMORY - contender.served) as f64;
             let secs = (left / contender.rps.max(1.0) * 1.1)
                 .clamp(1.0, 60.0)
@@ -197,6 +200,7 @@ async fn main() -> std::process::ExitCode {
             )
             .await;
             contender.served += run.requests;
+            contender.rps = run.rps;
         }
         after_load.push((contender.rss("VmRSS"), contender.served));
     }
@@ -284,7 +288,19 @@ async fn main() -> std::process::ExitCode {
     table.print();
 
     for mut contender in contenders {
-        let _ = contender.child.kill().await;
+        // nginx's master stops its workers on SIGTERM; a SIGKILL would
+        // leave them running.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(contender.pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), contender.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = contender.child.kill().await;
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
     std::process::ExitCode::SUCCESS
@@ -750,14 +766,17 @@ async fn idle_connections(contender: &Contender) -> (u64, usize) {
                         .await
                         .ok()?;
                 let connection = tokio::spawn(connection);
-                let response = sender
-                    .send_request(route.request(
-                        LOAD_PATH,
-                        "application/json",
-                        Bytes::from_static(b"{}"),
-                    ))
-                    .await
+                // A connection of its own takes the origin form and a `Host`.
+                let request = http::Request::post("/api/fal/proxy")
+                    .header("host", route_addr(&route).to_string())
+                    .header("x-fal-target-url", format!("https://fal.run{LOAD_PATH}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(b"{}")))
                     .ok()?;
+                let response = sender.send_request(request).await.ok()?;
+                if response.status() != 200 {
+                    return None;
+                }
                 response.into_body().collect().await.ok()?;
                 Some((sender, connection))
             }));
