@@ -3,7 +3,7 @@
 //! every answer and the server's memory. Not part of CI: it takes about a
 //! minute on two cores. Loopback only, bounded in count.
 
-use crate::{Contender, HttpClient, RESULT_JSON, Route, memory_kib};
+use crate::{Contender, HttpClient, INPUT_JSON, RESULT_JSON, Route, memory_kib};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
@@ -132,8 +132,16 @@ async fn drive(client: &HttpClient, route: Route, count: usize, tally: &Arc<Tall
 /// Sends one request of `kind` and checks its whole answer.
 async fn one(client: &HttpClient, route: Route, kind: Kind) -> Result<(), String> {
     let request = match kind {
-        Kind::Plain => route.request("/fal-ai/bench", "application/json"),
-        Kind::Stream => route.request("/fal-ai/bench/stream", "text/event-stream"),
+        Kind::Plain => route.request(
+            "/fal-ai/bench",
+            "application/json",
+            Bytes::from_static(INPUT_JSON.as_bytes()),
+        ),
+        Kind::Stream => route.request(
+            "/fal-ai/bench/stream",
+            "text/event-stream",
+            Bytes::from_static(INPUT_JSON.as_bytes()),
+        ),
         Kind::Refused => {
             let Route::Proxy(addr) = route else {
                 return Err("refused requests need the proxy".to_owned());

@@ -101,15 +101,16 @@ pub(crate) fn filter_response_headers(headers: &mut HeaderMap) {
     if !framing || headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
-    for name in DROPPED_RESPONSE_HEADERS {
-        headers.remove(*name);
+    // One pass over the names (most answers have nothing to drop, so nothing
+    // is allocated), then the removals.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let name_str = name.as_str();
+        if DROPPED_RESPONSE_HEADERS.contains(&name_str) || name_str.starts_with("access-control-") {
+            doomed.push(name.clone());
+        }
     }
-    let cors: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("access-control-"))
-        .cloned()
-        .collect();
-    for name in cors {
+    for name in doomed {
         headers.remove(name);
     }
 }

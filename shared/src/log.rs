@@ -85,7 +85,8 @@ impl LogLine {
         Self {
             level,
             message: None,
-            fields: Vec::new(),
+            // A request's line has six to ten.
+            fields: Vec::with_capacity(10),
         }
     }
 
@@ -118,7 +119,8 @@ impl LogLine {
     pub fn render(&self, format: LogFormat) -> String {
         match format {
             LogFormat::Text => {
-                let mut line = String::from("fal-proxy:");
+                let mut line = String::with_capacity(160);
+                line.push_str("fal-proxy:");
                 match self.level {
                     Level::Info => {}
                     Level::Warn => line.push_str(" warning:"),
@@ -129,9 +131,15 @@ impl LogLine {
                     line.push_str(message);
                 }
                 for (key, value) in &self.fields {
+                    line.push(' ');
+                    line.push_str(key);
+                    line.push('=');
                     let _ = match value {
-                        Value::Text(text) => write!(line, " {key}={text}"),
-                        Value::Number(number) => write!(line, " {key}={number}"),
+                        Value::Text(text) => {
+                            line.push_str(text);
+                            Ok(())
+                        }
+                        Value::Number(number) => write!(line, "{number}"),
                     };
                 }
                 line

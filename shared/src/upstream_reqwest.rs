@@ -1,4 +1,6 @@
-//! The upstream of the native targets: reqwest over rustls.
+//! The upstream of the native targets: hyper's pooled client over rustls
+//! for fal requests, reqwest (same TLS settings) for an egress proxy from
+//! the environment and for the auth provider's key set.
 
 use crate::auth::{KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES};
 use crate::body::{BoxError, is_body_limit_error, limit_body};
@@ -8,29 +10,90 @@ use crate::forward::Upstream;
 use crate::progress::{RequestBodyError, Watched};
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long connecting (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One reqwest client, built once per process and shared by every request:
-/// rustls with the platform's roots, no redirects, a connect timeout, and a
-/// time limit on the response head (never on the body, which may be a long
-/// stream). No proxy from the environment, unless the configuration says
-/// `FAL_PROXY_USE_ENV_PROXY=1`: then the `HTTPS_PROXY`, `HTTP_PROXY` and
-/// `NO_PROXY` it read.
-#[derive(Debug, Clone)]
+/// How long an unused pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The request body hyper's client is built for: the target's, boxed.
+type DirectBody = BoxBody<Bytes, BoxError>;
+
+/// hyper's pooled client over rustls (HTTP/1.1, or HTTP/2 where ALPN says).
+type DirectClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, DirectBody>;
+
+/// The HTTP clients, built once per process and shared by every request:
+/// rustls with the platform's verifier, no redirects, a connect timeout,
+/// and a time limit on the response head (never on the body, which may be a
+/// long stream). No proxy from the environment, unless the configuration
+/// says `FAL_PROXY_USE_ENV_PROXY=1`: then the `HTTPS_PROXY`, `HTTP_PROXY`
+/// and `NO_PROXY` it read.
+///
+/// fal requests go through hyper's client directly: reqwest's layers
+/// (a URL parsed from the request's URI and again for its redirect policy,
+/// default headers, boxed futures) cost about a quarter of the proxy's
+/// own instructions per request. reqwest stays for what hyper does not do
+/// (egress through an environment proxy) and for the auth key set.
+#[derive(Clone)]
 pub struct ReqwestUpstream {
     client: reqwest::Client,
+    /// `None` when an egress proxy is configured: then reqwest sends.
+    direct: Option<DirectClient>,
     head_timeout: Duration,
     body_idle_timeout: Duration,
     max_body_bytes: u64,
 }
 
+impl std::fmt::Debug for ReqwestUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReqwestUpstream")
+            .field("client", &self.client)
+            .field("direct", &self.direct.is_some())
+            .field("head_timeout", &self.head_timeout)
+            .field("body_idle_timeout", &self.body_idle_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// hyper's client with the same settings as the reqwest one: rustls (ring)
+/// with the platform's verifier, `http://` allowed (the test seam), a
+/// 10 s connect timeout, `TCP_NODELAY`, idle connections kept for 60 s.
+fn direct_client() -> Result<DirectClient, rustls::Error> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
 impl ReqwestUpstream {
-    /// Builds the client for `config`.
-    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+    /// Builds the clients for `config`.
+    pub fn new(config: &Config) -> Result<Self, BoxError> {
         // reqwest is built without a default crypto provider; use ring's.
         // An `Err` means a provider is installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -39,22 +102,47 @@ impl ReqwestUpstream {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(egress) = config.egress_proxy() {
-            let except = egress.no_proxy().and_then(reqwest::NoProxy::from_string);
-            if let Some(url) = egress.https() {
-                builder = builder.proxy(reqwest::Proxy::https(url)?.no_proxy(except.clone()));
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
+        let direct = match config.egress_proxy() {
+            None => Some(direct_client()?),
+            Some(egress) => {
+                let except = egress.no_proxy().and_then(reqwest::NoProxy::from_string);
+                if let Some(url) = egress.https() {
+                    builder = builder.proxy(reqwest::Proxy::https(url)?.no_proxy(except.clone()));
+                }
+                if let Some(url) = egress.http() {
+                    builder = builder.proxy(reqwest::Proxy::http(url)?.no_proxy(except));
+                }
+                None
             }
-            if let Some(url) = egress.http() {
-                builder = builder.proxy(reqwest::Proxy::http(url)?.no_proxy(except));
-            }
-        }
+        };
         Ok(Self {
             client: builder.build()?,
+            direct,
             head_timeout: config.timeout(),
             body_idle_timeout: config.body_idle_timeout(),
             max_body_bytes: config.max_body_bytes(),
         })
+    }
+
+    /// Sends through hyper's client: the same request reqwest would send
+    /// (it adds `accept: */*` when there is none, so this does too).
+    async fn send_direct(
+        &self,
+        client: &DirectClient,
+        request: Request<DirectBody>,
+    ) -> Result<Response<reqwest::Body>, UpstreamError> {
+        let mut request = request;
+        if !request.headers().contains_key(http::header::ACCEPT) {
+            request
+                .headers_mut()
+                .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
+        }
+        match tokio::time::timeout(self.head_timeout, client.request(request)).await {
+            Err(_elapsed) => Err(UpstreamError::Timeout),
+            Ok(Err(error)) => Err(classify(&error, error.is_connect(), false)),
+            Ok(Ok(response)) => Ok(response.map(reqwest::Body::wrap)),
+        }
     }
 }
 
@@ -68,6 +156,16 @@ where
 
     async fn send(&self, request: Request<B>) -> Result<Response<reqwest::Body>, UpstreamError> {
         // The limit outside the watch, so its own error is not taken for the browser's.
+        if let Some(client) = &self.direct {
+            let request = request.map(|body| {
+                let watched = Watched::new(body, self.body_idle_timeout);
+                limit_body(watched, self.max_body_bytes)
+                    .map_frame(|frame| frame.map_data(Into::into))
+                    .map_err(Into::into)
+                    .boxed()
+            });
+            return self.send_direct(client, request).await;
+        }
         let request = request.map(|body| {
             let watched = Watched::new(body, self.body_idle_timeout);
             reqwest::Body::wrap(limit_body(watched, self.max_body_bytes))
@@ -75,7 +173,7 @@ where
         let request = reqwest::Request::try_from(request).map_err(|_| UpstreamError::Broken)?;
         match tokio::time::timeout(self.head_timeout, self.client.execute(request)).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Err(error)) => Err(classify(&error)),
+            Ok(Err(error)) => Err(classify(&error, error.is_connect(), error.is_timeout())),
             Ok(Ok(response)) => Ok(Response::from(response)),
         }
     }
@@ -130,7 +228,10 @@ impl KeySetSource for ReqwestUpstream {
     }
 }
 
-fn classify(error: &reqwest::Error) -> UpstreamError {
+/// What a failed exchange was, from either client's error: whether it
+/// failed connecting, whether the client called it a timeout, and the
+/// causes in its source chain.
+fn classify(error: &(dyn Error + 'static), is_connect: bool, is_timeout: bool) -> UpstreamError {
     if let Some(body_error) = find_in_chain::<RequestBodyError>(error) {
         return match body_error {
             RequestBodyError::Stalled => UpstreamError::RequestBodyStalled,
@@ -141,19 +242,20 @@ fn classify(error: &reqwest::Error) -> UpstreamError {
         return UpstreamError::BodyTooLarge;
     }
     let cause = cause_in_chain(error);
-    if error.is_connect() {
-        // reqwest's connect timeout is a connect error that is also a timeout.
-        let cause = if error.is_timeout() {
+    if is_connect {
+        // A connect timeout is a connect error that is also a timeout
+        // (reqwest says so; hyper's connector says so in an I/O error).
+        let cause = if is_timeout {
             Cause::Timeout
         } else {
             cause.unwrap_or(Cause::Connect)
         };
         UpstreamError::Unreachable(cause)
-    } else if error.is_timeout() {
+    } else if is_timeout {
         UpstreamError::Timeout
     } else if let Some(cause) = cause {
-        // A refused or reset connection that reqwest does not call a connect
-        // error (a pooled connection, a reset before the answer).
+        // A refused or reset connection that the client does not call a
+        // connect error (a pooled connection, a reset before the answer).
         UpstreamError::Unreachable(cause)
     } else {
         UpstreamError::Broken
