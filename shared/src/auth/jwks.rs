@@ -239,8 +239,6 @@ struct State {
     last_attempt: Option<u64>,
     /// Fetches under way.
     in_flight: usize,
-    /// The last version stored.
-    version: u64,
 }
 
 /// What a request does about keys, decided under the state lock.
@@ -250,7 +248,7 @@ enum Plan<'a> {
     /// No keys, and another request is fetching them.
     Join,
     /// Fetch now; this request's attempt is already counted.
-    Fetch(Option<futures_util::lock::MutexGuard<'a, ()>>),
+    Fetch(futures_util::lock::MutexGuard<'a, ()>),
 }
 
 /// One fetch under way; uncounted when it ends, however it ends.
@@ -321,7 +319,7 @@ impl KeySetCache {
         };
         state.in_flight += 1;
         state.last_attempt = Some(now);
-        Plan::Fetch(Some(turn))
+        Plan::Fetch(turn)
     }
 
     /// The keys to verify a token with `kid` at `now`: the cached ones, or
@@ -367,8 +365,7 @@ impl KeySetCache {
         });
         let mut state = self.state();
         if let Ok((mut keys, max_age)) = fetched {
-            state.version += 1;
-            keys.version = state.version;
+            keys.version = state.keys.as_ref().map_or(0, |kept| kept.version) + 1;
             state.keys = Some(Arc::new(keys));
             state.fresh_until = now.saturating_add(max_age);
         }
