@@ -9,6 +9,9 @@ use fal_proxy_core::Decision;
 use fal_proxy_core::Proxy;
 use fal_proxy_fuzz::{assert_no_key_in_answer, endpoint_model, proxy};
 use libfuzzer_sys::fuzz_target;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::LazyLock;
 
 /// The default allow-list, no endpoint list.
@@ -32,6 +35,31 @@ struct Input {
     raw_tail: Option<String>,
 }
 
+/// How many configured proxies are kept; past it the cache starts over.
+const MAX_CACHED: usize = 4096;
+
+thread_local! {
+    /// Proxies by endpoint setting, `None` for a refused one: mutated inputs
+    /// keep their list more often than not, and building a proxy costs more
+    /// than the check under test.
+    static LISTED: RefCell<HashMap<String, Option<Rc<Proxy>>>> = RefCell::default();
+}
+
+/// The proxy configured with `setting` as its endpoint list.
+fn listed(setting: &str) -> Option<Rc<Proxy>> {
+    LISTED.with_borrow_mut(|cache| {
+        if let Some(known) = cache.get(setting) {
+            return known.clone();
+        }
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        let built = proxy(&[("FAL_PROXY_ALLOW_ENDPOINTS", setting)]).map(Rc::new);
+        cache.insert(setting.to_owned(), built.clone());
+        built
+    })
+}
+
 fn join(parts: &[&str], picks: &[u8]) -> String {
     picks
         .iter()
@@ -52,7 +80,7 @@ fuzz_target!(|input: Input| {
         return;
     }
     let setting = patterns.join(",");
-    let Some(listed) = proxy(&[("FAL_PROXY_ALLOW_ENDPOINTS", &setting)]) else {
+    let Some(listed) = listed(&setting) else {
         return;
     };
     let host = if input.queue_host {

@@ -7,9 +7,10 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use fal_proxy_core::Decision;
+use fal_proxy_core::{Decision, Proxy};
 use fal_proxy_fuzz::{endpoint_model, leaks, proxy, url_model};
 use libfuzzer_sys::fuzz_target;
+use std::sync::LazyLock;
 
 const NAMES: &[&str] = &[
     "location",
@@ -92,15 +93,20 @@ struct Input {
     locations: Vec<(u8, Option<String>)>,
 }
 
+const ENDPOINTS: &str = "fal-ai/flux/**";
+const ORIGIN: (&str, &str) = ("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example");
+
+/// The two configurations, built once: without and with the endpoint list.
+static PROXIES: LazyLock<[Proxy; 2]> = LazyLock::new(|| {
+    [
+        proxy(&[ORIGIN]).expect("an origin"),
+        proxy(&[ORIGIN, ("FAL_PROXY_ALLOW_ENDPOINTS", ENDPOINTS)]).expect("an endpoint list"),
+    ]
+});
+
 fuzz_target!(|input: Input| {
-    let endpoints = "fal-ai/flux/**";
-    let mut pairs = vec![("FAL_PROXY_ALLOWED_ORIGINS", "https://app.example")];
-    if input.endpoint_list {
-        pairs.push(("FAL_PROXY_ALLOW_ENDPOINTS", endpoints));
-    }
-    let Some(proxy) = proxy(&pairs) else {
-        return;
-    };
+    let endpoints = ENDPOINTS;
+    let proxy = &PROXIES[usize::from(input.endpoint_list)];
     let target = TARGETS[usize::from(input.target) % TARGETS.len()];
     let method = METHODS[usize::from(input.method) % METHODS.len()];
     let mut request = http::Request::builder()

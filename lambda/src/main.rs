@@ -18,17 +18,16 @@
 // The handler's future nests the core's phases and the Redis client's.
 #![recursion_limit = "256"]
 
+mod translate;
+
 use fal_proxy_core::{
-    Function, Hints, KeySetSource, LoggedBody, NativeStore, RequestContext, ReqwestUpstream,
-    Upstream,
+    Function, Hints, KeySetSource, LoggedBody, NativeStore, ReqwestUpstream, Upstream,
 };
-use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
-use lambda_http::request::RequestContext as EventContext;
-use lambda_http::{Body, RequestExt, service_fn};
+use lambda_http::{Body, service_fn};
 use std::convert::Infallible;
 use std::fmt::Display;
-use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 /// The largest request body the function accepts, in bytes.
@@ -84,11 +83,7 @@ where
     U: Upstream<Body> + KeySetSource,
 {
     let started = Instant::now();
-    let client_ip = source_ip(&request);
-    let mut request = with_known_length(request);
-    request
-        .extensions_mut()
-        .insert(RequestContext::new(SystemTime::now(), client_ip));
+    let request = translate::prepare(request, SystemTime::now());
     let response = function.handle(request).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -103,27 +98,6 @@ where
     // The body is re-framed on its way through the Runtime API.
     response.headers_mut().remove(CONTENT_LENGTH);
     response
-}
-
-/// The client's address as the function URL reports it
-/// (`requestContext.http.sourceIp`): the peer of AWS's front end, which no
-/// header the client sends can change.
-fn source_ip(request: &Request<Body>) -> Option<IpAddr> {
-    match request.request_context_ref()? {
-        EventContext::ApiGatewayV2(context) => context.http.source_ip.as_deref()?.parse().ok(),
-        _ => None,
-    }
-}
-
-/// Lambda hands over the whole body, already decoded, so its length is a
-/// fact even when the browser sent it chunked: stating it lets the core
-/// refuse an oversized body before anything goes upstream.
-fn with_known_length(mut request: Request<Body>) -> Request<Body> {
-    if !request.body().is_empty() {
-        let length = HeaderValue::from(request.body().len());
-        request.headers_mut().insert(CONTENT_LENGTH, length);
-    }
-    request
 }
 
 #[cfg(test)]
