@@ -2,10 +2,9 @@
 //! never one the browser names in `Connection`, with exactly one
 //! `authorization` carrying the right key and no key anywhere else.
 //!
-//! Place for app-user authentication: once the core verifies
-//! `Authorization: Bearer <jwt>`, add a `jwt` target beside this one that
-//! feeds arbitrary tokens to the verifier (and the request phase), with the
-//! same properties: no panic, the token never forwarded or echoed.
+//! App-user authentication (`Authorization: Bearer <jwt>`) has its own
+//! target, `jwt`: tokens against a reference model of the verifier, straight
+//! and through the request phase, never forwarded or echoed.
 
 #![no_main]
 

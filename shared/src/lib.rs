@@ -113,6 +113,13 @@ mod test_support;
 #[cfg(feature = "reqwest")]
 mod upstream_reqwest;
 
+/// The fuzz targets' way to what is not public otherwise (`fuzz/`). Not an
+/// API: hidden from the docs, no stability promised, unused by the targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::authenticate_token;
+}
+
 pub use auth::{
     Identity, KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES,
 };

@@ -287,6 +287,24 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<Bearer, ProxyError> {
     Ok(Bearer(token.to_owned()))
 }
 
+/// For the fuzz targets only (`fuzz/`, target `jwt`; re-exported as
+/// `fuzzing::authenticate_token`, hidden from the docs): `token` verified at
+/// `now` (Unix seconds) by `proxy`'s authentication exactly as a request's
+/// bearer token is, but without the request phase's checks on the
+/// `Authorization` header, so that tokens those checks refuse (padding,
+/// `+` and `/`, over 8 KB) reach the verifier too. `None` when `proxy` has
+/// no app-user authentication. Not an API.
+#[doc(hidden)]
+pub async fn authenticate_token<S: KeySetSource>(
+    proxy: &crate::Proxy,
+    token: &str,
+    now: u64,
+    keys: &S,
+) -> Option<Result<Identity, ProxyError>> {
+    let auth = proxy.config().auth.as_ref()?;
+    Some(auth.authenticate(&Bearer(token.to_owned()), now, keys).await)
+}
+
 /// The key of the log tags: a digest of the deployment's secret.
 fn tag_key(get: &impl Fn(&str) -> Option<String>) -> [u8; 32] {
     let secret = get(vars::FAL_KEY)
