@@ -302,7 +302,8 @@ pub async fn authenticate_token<S: KeySetSource>(
     keys: &S,
 ) -> Option<Result<Identity, ProxyError>> {
     let auth = proxy.config().auth.as_ref()?;
-    Some(auth.authenticate(&Bearer(token.to_owned()), now, keys).await)
+    let bearer = Bearer(token.to_owned());
+    Some(auth.authenticate(&bearer, now, keys).await)
 }
 
 /// The key of the log tags: a digest of the deployment's secret.
