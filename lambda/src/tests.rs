@@ -4,6 +4,7 @@
 use super::*;
 use bytes::Bytes;
 use fal_proxy_core::{BoxError, UpstreamError};
+use http::HeaderValue;
 use http_body_util::BodyExt;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
