@@ -6,8 +6,9 @@
 //! The harness makes its keys at start from fixed seeds (an HMAC secret, an
 //! Ed25519 and a P-256 key, and others that must not verify), signs a token
 //! built from the input (header fields, `alg`, `kid`, claims, base64
-//! variants, the signer), then mutates the signed text. The model: accepted
-//! only when the text is exactly what was signed, in canonical base64url, by
+//! variants, the signer), then mutates the token. The model: accepted only
+//! when the signed part is exactly what was signed, in canonical base64url,
+//! the signature part is the signature in canonical base64url, signed by
 //! a configured key whose type fits the header's `alg` (HMAC only with the
 //! secret, EdDSA/ES256 only with a JWKS key of that `kid`, never one marked
 //! for encryption or an `oct` entry), the header has no `crit`, and the
@@ -658,13 +659,32 @@ fn numeric_date(value: &Value) -> Option<u64> {
     })
 }
 
-/// The model's verdict on a token: the `sub` it identifies, or `None` for a
-/// refusal.
+/// A token as the harness signed it, and the model's verdict on any text.
 struct Built {
     /// The token as signed, before any mutation.
     text: String,
-    /// Its user when the model accepts it.
+    /// `header.payload`: what the signature covers.
+    message: String,
+    /// The signature in canonical base64url (the token may carry another
+    /// encoding of it, which the model refuses).
+    signature: String,
+    /// The user when the header, claims and signer pass the model.
     sub: Option<String>,
+}
+
+impl Built {
+    /// The model's verdict on `text`: its user, or `None` for a refusal.
+    /// Accepted only when the signed part is exactly what was signed and
+    /// the signature part is the signature in canonical base64url (a
+    /// mutation may turn a padded signature into that: still the same
+    /// signature over the same text, so rightly accepted).
+    fn verdict(&self, text: &str) -> Option<String> {
+        let (message, signature) = text.rsplit_once('.')?;
+        if message != self.message || signature != self.signature {
+            return None;
+        }
+        self.sub.clone()
+    }
 }
 
 fn model(
@@ -674,14 +694,15 @@ fn model(
     signature: &[u8],
     input: &Input,
 ) -> Option<String> {
-    // Canonical base64url in every part, none empty.
-    let canonical = [header, payload, signature]
+    // Canonical base64url in the signed parts, no part empty (the
+    // signature's own encoding is checked on the final text).
+    let canonical = [header, payload]
         .iter()
         .zip(input.encodings)
         .all(|(bytes, encoding)| {
             !bytes.is_empty() && encoding.encode(bytes) == URL_SAFE_NO_PAD.encode(bytes)
         });
-    if !canonical {
+    if !canonical || signature.is_empty() {
         return None;
     }
     let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(header) else {
@@ -769,7 +790,12 @@ fn build(setup: Setup, input: &Input) -> Built {
     let signature = signed(input.signer, &message);
     let text = format!("{message}.{}", on_signature.encode(&signature));
     let sub = model(setup, &header, &payload, &signature, input);
-    Built { text, sub }
+    Built {
+        text,
+        message,
+        signature: URL_SAFE_NO_PAD.encode(&signature),
+        sub,
+    }
 }
 
 /// Asserts that `text` holds no key, no secret, not `token` and not
@@ -830,13 +856,8 @@ fuzz_target!(|input: Input| {
         mutation.apply(&mut bytes);
     }
     let token = String::from_utf8_lossy(&bytes).into_owned();
-    let signature = built.text.rsplit('.').next().unwrap_or_default();
-    // The model: only the signed text itself, as signed.
-    let expected = if token == built.text {
-        built.sub.clone()
-    } else {
-        None
-    };
+    let signature = built.signature.as_str();
+    let expected = built.verdict(&token);
 
     if *SHOW {
         eprintln!(
@@ -896,9 +917,7 @@ fuzz_target!(|input: Input| {
         && trimmed
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    let expected = (plausible && trimmed == built.text)
-        .then_some(built.sub)
-        .flatten();
+    let expected = plausible.then(|| built.verdict(trimmed)).flatten();
     let response = ready(proxy.forward(&fal, &MemoryStore::new(), request));
     let sent = fal.sent.borrow();
     let exchange = response
