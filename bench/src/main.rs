@@ -429,6 +429,9 @@ impl Contender {
             .env("PORT", "0")
             .env("FAL_KEY", FAL_KEY)
             .env("FAL_PROXY_UPSTREAM", format!("http://{mock}"))
+            // The derived connection cap (half the open-file limit) would
+            // start shedding idle connections before the idle figure's 10,000.
+            .env("FAL_PROXY_MAX_CONNECTIONS", "16000")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
