@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -270,17 +270,34 @@ impl AsyncRead for Watched {
         let this = self.get_mut();
         loop {
             ready!(this.stream.poll_read_ready(cx))?;
-            // Into the buffer's unfilled part as it is: `try_read` would
-            // need it zeroed first, 8 KB on every read.
-            match this.stream.try_read_buf(buf) {
-                Ok(n) => {
+            let wanted = buf.remaining();
+            let mut read = None;
+            // Into the buffer's unfilled part as it is (`try_read` would
+            // need it zeroed first, 8 KB on every read). A read shorter than
+            // the room it had emptied the socket: the closure then answers
+            // `WouldBlock`, which makes `try_io` forget the readiness, as
+            // tokio's own `TcpStream` does, instead of a second `read` that
+            // would only say `EAGAIN` (edge-triggered `epoll` reports data
+            // that arrives later as a new event).
+            let outcome = this.stream.try_io(Interest::READABLE, || {
+                let n = this.stream.try_read_buf(buf)?;
+                read = Some(n);
+                if n > 0 && n < wanted {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match (read, outcome) {
+                (Some(n), _) => {
                     if n > 0 {
                         this.slot.mark_spoken();
                     }
                     return Poll::Ready(Ok(()));
                 }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(error) => return Poll::Ready(Err(error)),
+                (None, Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {}
+                (None, Err(error)) => return Poll::Ready(Err(error)),
+                (None, Ok(())) => return Poll::Ready(Ok(())),
             }
         }
     }

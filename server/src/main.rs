@@ -58,9 +58,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open requests may run on after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// mimalloc instead of the system allocator (see `Cargo.toml`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How often the heartbeat timer fires (see [`heartbeat`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -91,6 +88,7 @@ fn say(format: LogFormat, level: Level, message: impl Into<String>) {
 }
 
 async fn run() -> Result<(), String> {
+    std::hint::black_box(mimalloc::MiMalloc.version());
     let env = |name: &str| std::env::var(name).ok();
     let address = listen_address(env)?;
     // On loopback, answer only to loopback names unless told otherwise: a

@@ -159,7 +159,12 @@ impl Exchange {
     /// refused origin or host. Never a key or a query.
     pub fn log_record(&self, status: StatusCode, duration: Duration, bytes: u64) -> LogLine {
         let target = match &self.target {
-            Some((host, path)) => format!("{host}{path}"),
+            Some((host, path)) => {
+                let mut target = String::with_capacity(host.len() + path.len());
+                target.push_str(host);
+                target.push_str(path);
+                target
+            }
             None => "-".to_owned(),
         };
         let mut line = LogLine::fields(Level::Info)
@@ -535,9 +540,16 @@ impl Proxy {
         }
 
         let uri = match &self.config.upstream {
-            None => target.as_str().parse::<Uri>(),
+            None => Uri::try_from(target.as_str()),
             Some(origin) => {
-                format!("{origin}/{}{}", target.host(), target.path_and_query()).parse()
+                // Pieces pushed, not `format!`: this runs on every request.
+                let (host, rest) = (target.host(), target.path_and_query());
+                let mut url = String::with_capacity(origin.len() + 1 + host.len() + rest.len());
+                url.push_str(origin);
+                url.push('/');
+                url.push_str(host);
+                url.push_str(rest);
+                Uri::try_from(url)
             }
         }
         .map_err(|_| ProxyError::InvalidTargetUrl)?;

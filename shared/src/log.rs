@@ -134,13 +134,10 @@ impl LogLine {
                     line.push(' ');
                     line.push_str(key);
                     line.push('=');
-                    let _ = match value {
-                        Value::Text(text) => {
-                            line.push_str(text);
-                            Ok(())
-                        }
-                        Value::Number(number) => write!(line, "{number}"),
-                    };
+                    match value {
+                        Value::Text(text) => line.push_str(text),
+                        Value::Number(number) => line.push_str(itoa::Buffer::new().format(*number)),
+                    }
                 }
                 line
             }

@@ -138,6 +138,11 @@ impl ReqwestUpstream {
                 .headers_mut()
                 .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
         }
+        // `Host` as hyper-util would write it (the host, and the port when
+        // it is not the scheme's default), but without its `format!`.
+        if let Some(host) = host_header(request.uri()) {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
         match tokio::time::timeout(self.head_timeout, client.request(request)).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Err(error)) => Err(classify(&error, error.is_connect(), false)),
@@ -226,6 +231,26 @@ impl KeySetSource for ReqwestUpstream {
             .await
             .unwrap_or(Err(KeySetError::Timeout))
     }
+}
+
+/// The `Host` header for `uri`: `host`, or `host:port` for a port that is
+/// not the scheme's default. `None` (hyper-util then writes it) for a URI
+/// without an authority or with user-info, which no target has.
+fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        Some("http") => 80,
+        _ => return None,
+    };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    http::HeaderValue::from_str(host).ok()
 }
 
 /// What a failed exchange was, from either client's error: whether it
