@@ -58,7 +58,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open requests may run on after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// How often the heartbeat timer fires (see [`heartbeat`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 

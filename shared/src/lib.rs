@@ -118,6 +118,11 @@ mod upstream_reqwest;
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::auth::authenticate_token;
+
+    /// `Target::parse` without its fast path, to check the fast path against.
+    pub fn target_without_fast_path(raw: &[u8]) -> Result<crate::Target, crate::ProxyError> {
+        crate::Target::parse_without_fast_path(raw)
+    }
 }
 
 pub use auth::{

@@ -61,11 +61,19 @@ pub(crate) fn is_plain_app_path(path: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'))
 }
 
-/// A validated target URL.
+/// A validated target URL: its WHATWG serialisation (what is checked is
+/// what is sent) and where its host and query start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    url: url::Url,
+    serialization: String,
+    /// End of the host, where the path starts (after `https://host`).
+    host_end: usize,
+    /// Where `?query` starts, or the end.
+    query_start: usize,
 }
+
+/// Where every target URL starts.
+const HTTPS: &str = "https://";
 
 impl Target {
     /// Reads and validates the `x-fal-target-url` header (syntax only; the
@@ -81,6 +89,20 @@ impl Target {
 
     /// Validates a raw target URL.
     pub fn parse(raw: &[u8]) -> Result<Self, ProxyError> {
+        let raw = Self::visible_ascii(raw)?;
+        match Self::already_canonical(raw) {
+            Some(target) => Ok(target),
+            None => Self::parse_whatwg(raw),
+        }
+    }
+
+    /// [`Target::parse`] without its fast path: the fuzz target's reference.
+    pub(crate) fn parse_without_fast_path(raw: &[u8]) -> Result<Self, ProxyError> {
+        Self::parse_whatwg(Self::visible_ascii(raw)?)
+    }
+
+    /// A raw target of visible ASCII, within the length limit, without a backslash.
+    fn visible_ascii(raw: &[u8]) -> Result<&str, ProxyError> {
         if raw.is_empty()
             || raw.len() > MAX_TARGET_URL_LEN
             || !raw.iter().all(|byte| (0x21..=0x7e).contains(byte))
@@ -89,7 +111,68 @@ impl Target {
             return Err(ProxyError::InvalidTargetUrl);
         }
         // Visible ASCII only, checked above.
-        let raw = std::str::from_utf8(raw).map_err(|_| ProxyError::InvalidTargetUrl)?;
+        std::str::from_utf8(raw).map_err(|_| ProxyError::InvalidTargetUrl)
+    }
+
+    /// The fast path: a URL the WHATWG parser would leave exactly as it is
+    /// (what every released client sends), recognised without parsing it.
+    /// `https://`, a host of lower-case letters, digits and hyphens in
+    /// non-empty dot-separated labels whose last is letters only (so never
+    /// an IPv4 address) and none of which is an `xn--` label, then a path of
+    /// unreserved characters and `/` with no `.` or `..` segment, then
+    /// optionally `?` and a query of visible ASCII other than what the
+    /// parser would percent-encode (`"'<>`) or cut (`#`). Anything else,
+    /// valid or not, takes [`Target::parse_whatwg`]. The fuzz target
+    /// `target_url` checks that both give the same answer on every input.
+    fn already_canonical(raw: &str) -> Option<Self> {
+        let rest = raw.strip_prefix(HTTPS)?;
+        let host_len = rest.find('/')?;
+        let host = &rest[..host_len];
+        let mut labels = host.split('.');
+        let last = labels.next_back()?;
+        let plain_label = |label: &str| {
+            !label.is_empty()
+                && !label.starts_with("xn--")
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if !labels.all(plain_label)
+            || last.is_empty()
+            || !last.bytes().all(|b| b.is_ascii_lowercase())
+            || last.starts_with("xn--")
+        {
+            return None;
+        }
+        let host_end = HTTPS.len() + host_len;
+        let after_host = &raw[host_end..];
+        let path_len = after_host.find('?').unwrap_or(after_host.len());
+        let (path, query) = after_host.split_at(path_len);
+        let path_plain = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
+        if !path_plain
+            || path
+                .split('/')
+                .any(|segment| segment == "." || segment == "..")
+        {
+            return None;
+        }
+        if query
+            .bytes()
+            .any(|b| matches!(b, b'"' | b'\'' | b'<' | b'>' | b'#'))
+        {
+            return None;
+        }
+        Some(Self {
+            serialization: raw.to_owned(),
+            host_end,
+            query_start: host_end + path_len,
+        })
+    }
+
+    /// The WHATWG parse, and the checks on what it made of the URL.
+    fn parse_whatwg(raw: &str) -> Result<Self, ProxyError> {
         let url = url::Url::parse(raw).map_err(|_| ProxyError::InvalidTargetUrl)?;
         if url.cannot_be_a_base() || url.fragment().is_some() {
             return Err(ProxyError::InvalidTargetUrl);
@@ -110,31 +193,42 @@ impl Target {
         if !is_plain_host(host) || url.port().is_some() || !url.username().is_empty() {
             return Err(ProxyError::TargetNotAllowed);
         }
-        match url.host() {
-            Some(url::Host::Domain(_)) => Ok(Self { url }),
-            // Dotted numbers parse as IPv4 addresses: never a fal host.
-            _ => Err(ProxyError::TargetNotAllowed),
+        // Dotted numbers parse as IPv4 addresses: never a fal host.
+        if !matches!(url.host(), Some(url::Host::Domain(_))) {
+            return Err(ProxyError::TargetNotAllowed);
         }
+        let host_end = url[..url::Position::BeforePath].len();
+        let query_start = url[..url::Position::AfterPath].len();
+        let serialization = String::from(url);
+        // `https://host`, nothing between (no user-info, no port: checked).
+        if !serialization.is_char_boundary(host_end) || host_end <= HTTPS.len() {
+            return Err(ProxyError::InvalidTargetUrl);
+        }
+        Ok(Self {
+            serialization,
+            host_end,
+            query_start,
+        })
     }
 
     /// The lower-case host.
     pub fn host(&self) -> &str {
-        self.url.host_str().unwrap_or_default()
+        &self.serialization[HTTPS.len()..self.host_end]
     }
 
     /// The path, percent-encoded, starting with `/`.
     pub fn path(&self) -> &str {
-        self.url.path()
+        &self.serialization[self.host_end..self.query_start]
     }
 
     /// The path and, when there is one, `?` and the query.
     pub fn path_and_query(&self) -> &str {
-        &self.url[url::Position::BeforePath..url::Position::AfterQuery]
+        &self.serialization[self.host_end..]
     }
 
     /// The URL as it is sent upstream (without an upstream override).
     pub fn as_str(&self) -> &str {
-        self.url.as_str()
+        &self.serialization
     }
 }
 
@@ -528,6 +622,108 @@ mod tests {
         let climbing = Target::parse(b"https://fal.run/fal-ai/%2e%2e/admin").unwrap();
         assert_eq!(climbing.path(), "/admin");
         assert_eq!(list.check(&climbing), Err(ProxyError::TargetNotAllowed));
+    }
+
+    /// The fast path gives what the WHATWG parse gives, on the forms it
+    /// takes and on near misses that must fall through to the parser.
+    #[test]
+    fn fast_path_agrees_with_the_parser() {
+        let hosts = [
+            "fal.run",
+            "queue.fal.run",
+            "rest.alpha.fal.ai",
+            "FAL.run",
+            "fal.RUN",
+            "fal.run.",
+            ".fal.run",
+            "fal..run",
+            "1.2.3.4",
+            "fal.0x1f",
+            "fal.12",
+            "xn--fal.run",
+            "fal.xn--run",
+            "xn--bcher-kva.example",
+            "a-b.c-d.run",
+            "-a.run",
+            "fal.run:443",
+            "fal.run:80",
+            "u@fal.run",
+            "fal.run%2e",
+            "fal.r_n",
+            "localhost",
+            "0x7f.1",
+        ];
+        let paths = [
+            "",
+            "/",
+            "/fal-ai/flux/dev",
+            "/a/./b",
+            "/a/../b",
+            "/..",
+            "/.",
+            "/a/.",
+            "/a/..",
+            "//a",
+            "/.a/..b/...",
+            "/%2e%2e/x",
+            "/a%2Fb",
+            "/a;b",
+            "/a b",
+            "/~x_y-z.w",
+            "/a/",
+            "/a\"b",
+            "/a<b>",
+            "/a'b",
+            "/a`b",
+            "/a{b}",
+            "/a|b",
+            "/a^b",
+        ];
+        let queries = [
+            "",
+            "?",
+            "?a=b",
+            "?a=b&c=d",
+            "??",
+            "?a%",
+            "?a%zz",
+            "?a'b",
+            "?a\"b",
+            "?a<b>",
+            "?a`b",
+            "?a{b}|^",
+            "?a=b#f",
+            "#f",
+            "?x=/..",
+            "?storage_type=fal-cdn-v3",
+        ];
+        let mut checked = 0;
+        for host in hosts {
+            for path in paths {
+                for query in queries {
+                    for scheme in ["https://", "HTTPS://", "https:/", "http://"] {
+                        let raw = format!("{scheme}{host}{path}{query}");
+                        if !raw.bytes().all(|byte| (0x21..=0x7e).contains(&byte)) {
+                            continue;
+                        }
+                        let fast = Target::already_canonical(&raw);
+                        let slow = Target::parse_whatwg(&raw);
+                        if let Some(fast) = fast {
+                            assert_eq!(Ok(fast), slow, "{raw}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "the fast path took only {checked} forms");
+        for taken in [
+            "https://fal.run/fal-ai/flux/dev",
+            "https://queue.fal.run/fal-ai/flux/requests/abc-123/status?logs=1",
+            "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+        ] {
+            assert!(Target::already_canonical(taken).is_some(), "{taken}");
+        }
     }
 
     #[test]
