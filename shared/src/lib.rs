@@ -108,6 +108,8 @@ mod target;
 mod body;
 #[cfg(feature = "reqwest")]
 mod drain;
+#[cfg(feature = "reqwest")]
+mod pool;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "reqwest")]

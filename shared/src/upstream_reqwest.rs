@@ -7,14 +7,12 @@ use crate::body::{BoxError, is_body_limit_error, limit_body};
 use crate::config::Config;
 use crate::error::{Cause, UpstreamError};
 use crate::forward::Upstream;
+use crate::pool::{Pool, PoolBody, PoolError};
 use crate::progress::{RequestBodyError, Watched};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::error::Error;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,14 +20,8 @@ use std::time::Duration;
 /// How long connecting (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an unused pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The request body hyper's client is built for: the target's, boxed.
-type DirectBody = BoxBody<Bytes, BoxError>;
-
-/// hyper's pooled client over rustls (HTTP/1.1, or HTTP/2 where ALPN says).
-type DirectClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, DirectBody>;
+/// How long an unused pooled connection is kept (both clients).
+const POOL_IDLE_TIMEOUT: Duration = crate::pool::IDLE_TIMEOUT;
 
 /// The HTTP clients, built once per process and shared by every request:
 /// rustls with the platform's verifier, no redirects, a connect timeout,
@@ -38,16 +30,18 @@ type DirectClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, DirectBo
 /// says `FAL_PROXY_USE_ENV_PROXY=1`: then the `HTTPS_PROXY`, `HTTP_PROXY`
 /// and `NO_PROXY` it read.
 ///
-/// fal requests go through hyper's client directly: reqwest's layers
-/// (a URL parsed from the request's URI and again for its redirect policy,
-/// default headers, boxed futures) cost about a quarter of the proxy's
-/// own instructions per request. reqwest stays for what hyper does not do
-/// (egress through an environment proxy) and for the auth key set.
+/// fal requests go through hyper's HTTP/1.1 client connections and a pool
+/// of our own ([`crate::pool`]): reqwest's layers (a URL parsed from the
+/// request's URI and again for its redirect policy, default headers, boxed
+/// futures) cost about a quarter of the proxy's own instructions per
+/// request, and hyper-util's pool a sixth of what was left. reqwest stays
+/// for what hyper does not do (egress through an environment proxy) and
+/// for the auth key set.
 #[derive(Clone)]
 pub struct ReqwestUpstream {
     client: reqwest::Client,
     /// `None` when an egress proxy is configured: then reqwest sends.
-    direct: Option<DirectClient>,
+    direct: Option<Pool>,
     head_timeout: Duration,
     body_idle_timeout: Duration,
     max_body_bytes: u64,
@@ -65,10 +59,11 @@ impl std::fmt::Debug for ReqwestUpstream {
     }
 }
 
-/// hyper's client with the same settings as the reqwest one: rustls (ring)
-/// with the platform's verifier, `http://` allowed (the test seam), a
-/// 10 s connect timeout, `TCP_NODELAY`, idle connections kept for 60 s.
-fn direct_client() -> Result<DirectClient, rustls::Error> {
+/// The pool's connector, with the same settings as the reqwest client:
+/// rustls (ring) with the platform's verifier, `http://` allowed (the test
+/// seam), a 10 s connect timeout, `TCP_NODELAY`. HTTP/1.1 only (ALPN
+/// offers nothing else), as the official Node proxy's `fetch` speaks.
+fn direct_client() -> Result<Pool, rustls::Error> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -82,13 +77,9 @@ fn direct_client() -> Result<DirectClient, rustls::Error> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_all_versions()
+        .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+    Ok(Pool::new(https))
 }
 
 impl ReqwestUpstream {
@@ -125,12 +116,12 @@ impl ReqwestUpstream {
         })
     }
 
-    /// Sends through hyper's client: the same request reqwest would send
-    /// (it adds `accept: */*` when there is none, so this does too).
+    /// Sends through the pool: the same request reqwest would send (it
+    /// adds `accept: */*` when there is none, so this does too).
     async fn send_direct(
         &self,
-        client: &DirectClient,
-        request: Request<DirectBody>,
+        pool: &Pool,
+        request: Request<PoolBody>,
     ) -> Result<Response<reqwest::Body>, UpstreamError> {
         let mut request = request;
         if !request.headers().contains_key(http::header::ACCEPT) {
@@ -138,14 +129,12 @@ impl ReqwestUpstream {
                 .headers_mut()
                 .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
         }
-        // `Host` as hyper-util would write it (the host, and the port when
-        // it is not the scheme's default), but without its `format!`.
-        if let Some(host) = host_header(request.uri()) {
-            request.headers_mut().insert(http::header::HOST, host);
-        }
-        match tokio::time::timeout(self.head_timeout, client.request(request)).await {
+        let host = host_header(request.uri()).ok_or(UpstreamError::Broken)?;
+        request.headers_mut().insert(http::header::HOST, host);
+        match tokio::time::timeout(self.head_timeout, pool.send(request)).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Err(error)) => Err(classify(&error, error.is_connect(), false)),
+            Ok(Err(PoolError::Connect(error))) => Err(classify(&*error, true, false)),
+            Ok(Err(PoolError::Request(error))) => Err(classify(&error, false, false)),
             Ok(Ok(response)) => Ok(response.map(reqwest::Body::wrap)),
         }
     }
@@ -161,7 +150,7 @@ where
 
     async fn send(&self, request: Request<B>) -> Result<Response<reqwest::Body>, UpstreamError> {
         // The limit outside the watch, so its own error is not taken for the browser's.
-        if let Some(client) = &self.direct {
+        if let Some(pool) = &self.direct {
             let request = request.map(|body| {
                 let watched = Watched::new(body, self.body_idle_timeout);
                 limit_body(watched, self.max_body_bytes)
@@ -169,7 +158,7 @@ where
                     .map_err(Into::into)
                     .boxed()
             });
-            return self.send_direct(client, request).await;
+            return self.send_direct(pool, request).await;
         }
         let request = request.map(|body| {
             let watched = Watched::new(body, self.body_idle_timeout);
@@ -234,8 +223,8 @@ impl KeySetSource for ReqwestUpstream {
 }
 
 /// The `Host` header for `uri`: `host`, or `host:port` for a port that is
-/// not the scheme's default. `None` (hyper-util then writes it) for a URI
-/// without an authority or with user-info, which no target has.
+/// not the scheme's default. `None` for a URI without an http(s) authority
+/// or with user-info, which no target has.
 fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
     let authority = uri.authority()?;
     if authority.as_str().contains('@') {

@@ -1,0 +1,268 @@
+//! The native targets' connections to fal: hyper's HTTP/1.1 client
+//! connections, kept open between requests, per origin.
+//!
+//! hyper-util's pooled client did the same through a hash map keyed by
+//! origin (SipHash over the host, byte by byte, on every checkout and
+//! return), a race between checkout and connect, and a `Host` header built
+//! with `format!`: about a sixth of the proxy's instructions per request.
+//! A deployment talks to three or four origins at most, so a short list
+//! under a mutex does.
+//!
+//! A connection goes back to the list when its response body is done or
+//! dropped, and comes out when hyper says it can take the next request. A
+//! request that a pooled connection could not even start (fal closed it
+//! while it sat idle) goes again on a fresh connection; nothing that was
+//! written is ever sent twice.
+
+use crate::body::BoxError;
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+/// How long an unused connection is kept.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most idle connections kept, all origins together.
+const MAX_IDLE: usize = 256;
+
+/// The request body the pool sends.
+pub(crate) type PoolBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why a request failed: while connecting, or on an open connection.
+#[derive(Debug)]
+pub(crate) enum PoolError {
+    /// Opening the connection (TCP, TLS) failed.
+    Connect(BoxError),
+    /// The exchange on an open connection failed.
+    Request(hyper::Error),
+}
+
+/// One idle connection.
+struct Idle {
+    origin: Origin,
+    sender: http1::SendRequest<PoolBody>,
+    since: Instant,
+}
+
+/// `scheme://authority`, as the request URI has it.
+#[derive(Clone)]
+struct Origin {
+    https: bool,
+    authority: http::uri::Authority,
+}
+
+impl PartialEq for Origin {
+    /// Byte for byte (`Authority`'s own comparison ignores case, byte by
+    /// byte): every URI here was written by the proxy, in lower case.
+    fn eq(&self, other: &Self) -> bool {
+        self.https == other.https && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Origin {
+    fn of(uri: &Uri) -> Option<Self> {
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return None,
+        };
+        Some(Self {
+            https,
+            authority: uri.authority()?.clone(),
+        })
+    }
+}
+
+/// The pool: a connector and the idle connections of every origin.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    connector: Connector,
+    /// Oldest first: connections go back at the end and are taken from
+    /// the end (the most recently used, which stay warm); the front expires.
+    idle: Arc<Mutex<VecDeque<Idle>>>,
+}
+
+impl Pool {
+    pub(crate) fn new(connector: Connector) -> Self {
+        Self {
+            connector,
+            idle: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    /// Sends `request` (absolute URI) on an idle connection to its origin,
+    /// or on a new one, and returns the response head.
+    pub(crate) async fn send(
+        &self,
+        request: Request<PoolBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let origin = Origin::of(request.uri())
+            .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
+        let uri = request.uri().clone();
+        let mut request = request;
+        // HTTP/1.1 sends the path and query only; the origin went into `Host`.
+        *request.uri_mut() = origin_form(&uri);
+        while let Some(mut sender) = self.checkout(&origin) {
+            // Not ready means closed (or broken): drop it, try the next one.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.pooled(response, origin, sender)),
+                Err(mut error) => match error.take_message() {
+                    // Never written: fal closed the idle connection first.
+                    Some(unsent) => request = unsent,
+                    None => return Err(PoolError::Request(error.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(uri).await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(self.pooled(response, origin, sender)),
+            Err(error) => Err(PoolError::Request(error)),
+        }
+    }
+
+    /// The most recently used idle connection to `origin` that is still
+    /// open; expired ones are dropped from the front on the way.
+    fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<PoolBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|entry| now.duration_since(entry.since) >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        while let Some(index) = idle.iter().rposition(|entry| entry.origin == *origin) {
+            let entry = idle.remove(index)?;
+            if !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Opens a connection to `uri`'s origin and starts its task.
+    async fn connect(&self, uri: Uri) -> Result<http1::SendRequest<PoolBody>, PoolError> {
+        let mut connector = self.connector.clone();
+        let io = connector.call(uri).await.map_err(PoolError::Connect)?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|error| PoolError::Connect(error.into()))?;
+        tokio::spawn(async move {
+            // Its errors reach the request that was on it.
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    fn pooled(
+        &self,
+        response: Response<Incoming>,
+        origin: Origin,
+        sender: http1::SendRequest<PoolBody>,
+    ) -> Response<PooledBody> {
+        let ret = Return {
+            pool: self.clone(),
+            origin,
+            sender,
+        };
+        response.map(|inner| PooledBody {
+            inner,
+            ret: Some(ret),
+        })
+    }
+
+    fn put_back(&self, origin: Origin, sender: http1::SendRequest<PoolBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() >= MAX_IDLE {
+            // The oldest goes: it is the likeliest to be closed by now.
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            origin,
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// The URI's path and query alone (`/` when it has none).
+fn origin_form(uri: &Uri) -> Uri {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+/// What goes back to the pool when a response body is finished with.
+struct Return {
+    pool: Pool,
+    origin: Origin,
+    sender: http1::SendRequest<PoolBody>,
+}
+
+/// A response body that gives its connection back to the pool when it is
+/// done or dropped (hyper makes the connection ready for the next request
+/// once the body is read out, or closes it if the body was cut short).
+pub struct PooledBody {
+    inner: Incoming,
+    ret: Option<Return>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some(ret) = self.ret.take() {
+            ret.pool.put_back(ret.origin, ret.sender);
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.give_back();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
