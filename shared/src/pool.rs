@@ -266,3 +266,158 @@ impl Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// What the test upstream does after answering a request.
+    #[derive(Clone, Copy)]
+    enum After {
+        KeepOpen,
+        /// Closes the connection without saying so (a keep-alive timeout).
+        Close,
+    }
+
+    /// An HTTP/1.1 upstream on loopback answering every GET with `body`,
+    /// counting connections, and recording the `host` of each request.
+    async fn upstream(
+        body: &'static str,
+        after: After,
+    ) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (Arc::clone(&accepted), Arc::clone(&hosts));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(host) = line.strip_prefix("host: ") {
+                                seen.lock().unwrap().push(host.trim().to_owned());
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        if matches!(after, After::Close) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted, hosts)
+    }
+
+    fn get(url: &str) -> Request<PoolBody> {
+        let uri: Uri = url.parse().unwrap();
+        let host = uri.authority().unwrap().as_str().to_owned();
+        Request::get(uri)
+            .header(http::header::HOST, host)
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap()
+    }
+
+    async fn body_of(response: Response<PooledBody>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn pool() -> Pool {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::upstream_reqwest::direct_client().unwrap()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection() {
+        let (origin, accepted, hosts) = upstream("ok", After::KeepOpen).await;
+        let pool = pool();
+        for _ in 0..3 {
+            let response = pool.send(get(&format!("{origin}/a?b=c"))).await.unwrap();
+            assert_eq!(body_of(response).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let authority = origin.trim_start_matches("http://");
+        assert_eq!(*hosts.lock().unwrap(), vec![authority; 3]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_each_get_a_connection_and_both_are_kept() {
+        let (origin, accepted, _) = upstream("ok", After::KeepOpen).await;
+        let pool = pool();
+        let url = format!("{origin}/x");
+        let (first, second) = tokio::join!(pool.send(get(&url)), pool.send(get(&url)));
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(body_of(first).await, "ok");
+        assert_eq!(body_of(second).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        for _ in 0..4 {
+            body_of(pool.send(get(&url)).await.unwrap()).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "both were reused");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_replaced() {
+        let (origin, accepted, _) = upstream("ok", After::Close).await;
+        let pool = pool();
+        let url = format!("{origin}/x");
+        for round in 1..=3 {
+            let response = pool.send(get(&url)).await.unwrap();
+            assert_eq!(body_of(response).await, "ok");
+            // Give the connection's task time to see the close, sometimes.
+            if round == 2 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_does_not_break_the_next_request() {
+        let long = "x".repeat(256 * 1024).leak();
+        let (origin, _, _) = upstream(long, After::KeepOpen).await;
+        let pool = pool();
+        let url = format!("{origin}/x");
+        let response = pool.send(get(&url)).await.unwrap();
+        drop(response);
+        let response = pool.send(get(&url)).await.unwrap();
+        assert_eq!(body_of(response).await.len(), long.len());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_origin_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let error = pool()
+            .send(get(&format!("http://{address}/x")))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(error, PoolError::Connect(_)), "{error:?}");
+    }
+}

@@ -63,7 +63,7 @@ impl std::fmt::Debug for ReqwestUpstream {
 /// rustls (ring) with the platform's verifier, `http://` allowed (the test
 /// seam), a 10 s connect timeout, `TCP_NODELAY`. HTTP/1.1 only (ALPN
 /// offers nothing else), as the official Node proxy's `fetch` speaks.
-fn direct_client() -> Result<Pool, rustls::Error> {
+pub(crate) fn direct_client() -> Result<Pool, rustls::Error> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
