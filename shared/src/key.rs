@@ -7,6 +7,9 @@ use std::fmt;
 /// The header a public playground's browser sends its visitor's own key in.
 pub const USER_KEY_HEADER: &str = "x-fal-user-key";
 
+/// [`USER_KEY_HEADER`] as a header name, looked up without parsing it.
+const USER_KEY: http::HeaderName = http::HeaderName::from_static(USER_KEY_HEADER);
+
 /// The longest key accepted, in bytes (fal keys are about 70).
 const MAX_KEY_LEN: usize = 512;
 
@@ -68,7 +71,7 @@ pub(crate) fn select(
     headers: &HeaderMap,
 ) -> Result<ApiKey, ProxyError> {
     let user_key = || -> Result<Option<ApiKey>, ProxyError> {
-        let mut values = headers.get_all(USER_KEY_HEADER).iter();
+        let mut values = headers.get_all(&USER_KEY).iter();
         let Some(value) = values.next() else {
             return Ok(None);
         };

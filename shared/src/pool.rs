@@ -9,7 +9,9 @@
 //! under a mutex does.
 //!
 //! A connection goes back to the list when its response body is done or
-//! dropped, and comes out when hyper says it can take the next request. A
+//! dropped, and comes out only when hyper says it can take the next request
+//! at once; one still busy is passed over (a new connection is opened if
+//! no other is ready), so no request waits behind another's upload. A
 //! request that a pooled connection could not even start (fal closed it
 //! while it sat idle) goes again on a fresh connection; nothing that was
 //! written is ever sent twice.
@@ -25,7 +27,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
@@ -115,10 +117,6 @@ impl Pool {
         // HTTP/1.1 sends the path and query only; the origin went into `Host`.
         *request.uri_mut() = origin_form(&uri);
         while let Some(mut sender) = self.checkout(&origin) {
-            // Not ready means closed (or broken): drop it, try the next one.
-            if sender.ready().await.is_err() {
-                continue;
-            }
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.pooled(response, origin, sender)),
                 Err(mut error) => match error.take_message() {
@@ -135,8 +133,12 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection to `origin` that is still
-    /// open; expired ones are dropped from the front on the way.
+    /// The most recently used idle connection to `origin` that can take a
+    /// request now. One that is closed is dropped; one that is still
+    /// finishing its last exchange (fal answered before the browser's
+    /// upload ended, or hyper has not yet seen the end of the answer) stays
+    /// for later and is passed over, so no request waits behind another's.
+    /// Expired connections are dropped from the front on the way.
     fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<PoolBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
@@ -146,10 +148,18 @@ impl Pool {
         {
             idle.pop_front();
         }
-        while let Some(index) = idle.iter().rposition(|entry| entry.origin == *origin) {
-            let entry = idle.remove(index)?;
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
+        // Asks without waiting: nothing is woken when readiness changes.
+        let mut asking = Context::from_waker(Waker::noop());
+        let mut index = idle.len();
+        while index > 0 {
+            index -= 1;
+            if idle[index].origin != *origin {
+                continue;
+            }
+            match idle[index].sender.poll_ready(&mut asking) {
+                Poll::Ready(Ok(())) => return idle.remove(index).map(|entry| entry.sender),
+                Poll::Ready(Err(_closed)) => drop(idle.remove(index)),
+                Poll::Pending => {}
             }
         }
         None
@@ -419,5 +429,68 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(error, PoolError::Connect(_)), "{error:?}");
+    }
+
+    /// An upstream that answers as soon as it has a request's head (as fal
+    /// does when it refuses a request early), then reads and ignores the
+    /// rest. The answered connection goes back to the pool while the request
+    /// body is still being written on it; the next request to the origin
+    /// takes it and waits (hyper's `ready` is pending until the upload ends)
+    /// instead of using another connection.
+    #[tokio::test]
+    async fn an_upload_still_in_progress_does_not_hold_up_the_next_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        // The head, answered at once; the body (no line
+                        // break in it) is never read as a head.
+                        loop {
+                            line.clear();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool();
+        // An upload that sends one chunk and then waits (a slow browser).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let upload = Request::post(format!("{origin}/upload").parse::<Uri>().unwrap())
+            .header(http::header::HOST, "x")
+            .header(http::header::CONTENT_LENGTH, "1000")
+            .body(http_body_util::StreamBody::new(stream).boxed())
+            .unwrap();
+        let response = pool.send(upload).await.unwrap();
+        assert_eq!(body_of(response).await, "ok");
+        // The upload is still open; another request to the same origin.
+        let next = tokio::time::timeout(
+            Duration::from_secs(2),
+            pool.send(get(&format!("{origin}/next"))),
+        )
+        .await;
+        drop(tx);
+        let next = next.expect("the next request waited on the connection still uploading");
+        assert_eq!(body_of(next.unwrap()).await, "ok");
     }
 }

@@ -13,6 +13,9 @@ use http::HeaderMap;
 /// The request header that carries the real fal URL.
 pub const TARGET_URL_HEADER: &str = "x-fal-target-url";
 
+/// [`TARGET_URL_HEADER`] as a header name, looked up without parsing it.
+const TARGET_URL: http::HeaderName = http::HeaderName::from_static(TARGET_URL_HEADER);
+
 /// The longest target URL accepted, in bytes.
 const MAX_TARGET_URL_LEN: usize = 8 * 1024;
 
@@ -79,7 +82,7 @@ impl Target {
     /// Reads and validates the `x-fal-target-url` header (syntax only; the
     /// allow-list is checked by [`UrlAllowList::check`]).
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ProxyError> {
-        let mut values = headers.get_all(TARGET_URL_HEADER).iter();
+        let mut values = headers.get_all(&TARGET_URL).iter();
         let value = values.next().ok_or(ProxyError::MissingTargetUrl)?;
         if values.next().is_some() {
             return Err(ProxyError::InvalidTargetUrl);
