@@ -126,7 +126,10 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect(uri).await?;
+        // Boxed: the connect path's state is large and rarely needed, and
+        // it would otherwise make every request's future (moved about
+        // several times per request) that much larger.
+        let mut sender = Box::pin(self.connect(uri)).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok(self.pooled(response, origin, sender)),
             Err(error) => Err(PoolError::Request(error)),
