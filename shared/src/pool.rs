@@ -285,7 +285,7 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, Empty};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
     /// What the test upstream does after answering a request.
@@ -438,8 +438,8 @@ mod tests {
     /// does when it refuses a request early), then reads and ignores the
     /// rest. The answered connection goes back to the pool while the request
     /// body is still being written on it; the next request to the origin
-    /// takes it and waits (hyper's `ready` is pending until the upload ends)
-    /// instead of using another connection.
+    /// must not wait for it (hyper's `ready` is pending until the upload
+    /// ends) but use another connection.
     #[tokio::test]
     async fn an_upload_still_in_progress_does_not_hold_up_the_next_request() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -495,5 +495,88 @@ mod tests {
         drop(tx);
         let next = next.expect("the next request waited on the connection still uploading");
         assert_eq!(body_of(next.unwrap()).await, "ok");
+    }
+
+    /// A connection passed over while its upload was still being written is
+    /// taken again once the upload has ended.
+    #[tokio::test]
+    async fn a_busy_connection_is_reused_after_its_upload_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        let mut length = 0usize;
+                        loop {
+                            line.clear();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(value) = line.strip_prefix("content-length: ") {
+                                length = value.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        // Answered at once, the body read afterwards.
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let mut rest = vec![0u8; length];
+                        if stream.read_exact(&mut rest).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let upload = Request::post(format!("{origin}/upload").parse::<Uri>().unwrap())
+            .header(http::header::HOST, "x")
+            .header(http::header::CONTENT_LENGTH, "6")
+            .body(http_body_util::StreamBody::new(stream).boxed())
+            .unwrap();
+        let response = pool.send(upload).await.unwrap();
+        assert_eq!(body_of(response).await, "ok");
+        // Busy: a second connection.
+        let second = pool.send(get(&format!("{origin}/b"))).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // End the upload; give the first connection's task a turn.
+        tx.send(Ok(Frame::data(Bytes::from_static(b"def"))))
+            .await
+            .unwrap();
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // `second` is still held (its body unread): the first serves this.
+        let third = tokio::time::timeout(
+            Duration::from_secs(2),
+            pool.send(get(&format!("{origin}/c"))),
+        )
+        .await
+        .expect("no connection was ready")
+        .unwrap();
+        assert_eq!(body_of(third).await, "ok");
+        assert_eq!(body_of(second).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the first was reused");
+        for _ in 0..4 {
+            body_of(pool.send(get(&format!("{origin}/d"))).await.unwrap()).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
