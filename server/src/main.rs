@@ -87,7 +87,6 @@ fn say(format: LogFormat, level: Level, message: impl Into<String>) {
 }
 
 async fn run() -> Result<(), String> {
-    std::hint::black_box(mimalloc::MiMalloc.version());
     let env = |name: &str| std::env::var(name).ok();
     let address = listen_address(env)?;
     // On loopback, answer only to loopback names unless told otherwise: a
