@@ -27,7 +27,10 @@ scripts/tools/apt.sh nginx-light wrk >&2
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  kill "${pids[@]}" 2>/dev/null || true
+  if [[ ${#pids[@]} -gt 0 ]]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
   for conf in upstream proxy; do
     [[ -f "$work/$conf.pid" ]] && kill "$(cat "$work/$conf.pid")" 2>/dev/null || true
   done
@@ -107,7 +110,14 @@ for binary in "$@"; do
   pids+=($!) names+=("$binary") ports+=($port)
   port=$((port + 1))
 done
-sleep 1
+for port in "${ports[@]}" "$nginx_port"; do
+  for _ in $(seq 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/" && continue 2
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$port" >&2
+  exit 1
+done
 master=$(cat "$work/proxy.pid")
 nginx_pids="$master $(pgrep -P "$master" | xargs)"
 names+=(nginx) ports+=($nginx_port)
@@ -122,7 +132,11 @@ for _ in $(seq "$rounds"); do
     read -r u0 s0 < <(cpu "$watched")
     out=$(wrk -t1 -c"$conns" -d"${secs}s" -s "$work/post.lua" "$url")
     read -r u1 s1 < <(cpu "$watched")
-    if grep -q "Non-2xx" <<< "$out"; then echo "${names[$i]}: answers other than 2xx" >&2; exit 1; fi
+    if grep -q "Non-2xx\|Socket errors" <<< "$out"; then
+      echo "${names[$i]}: answers other than 2xx, or socket errors:" >&2
+      echo "$out" >&2
+      exit 1
+    fi
     U[$i]=$(( ${U[$i]:-0} + u1 - u0 )) S[$i]=$(( ${S[$i]:-0} + s1 - s0 ))
     R[$i]=$(( ${R[$i]:-0} + $(awk '/requests in/ {print $1}' <<< "$out") ))
   done
@@ -130,6 +144,7 @@ done
 echo "| proxy | requests | user µs/request | system µs/request | CPU µs/request |"
 echo "|---|---|---|---|---|"
 for i in "${!names[@]}"; do
+  [[ ${R[$i]} -gt 0 ]] || { echo "${names[$i]} served no requests" >&2; exit 1; }
   awk -v n="${names[$i]}" -v u="${U[$i]}" -v s="${S[$i]}" -v r="${R[$i]}" -v t="$ticks" \
     'BEGIN { printf "| %s | %d | %.1f | %.1f | %.1f |\n", n, r, u/t/r*1e6, s/t/r*1e6, (u+s)/t/r*1e6 }'
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, with valgrind's callgrind:
 #
-#   scripts/bench-callgrind.sh [--conns C] BINARY
+#   scripts/bench-callgrind.sh [--conns C] [--keep DIR] BINARY
 #
 # Starts BINARY under callgrind against a static nginx upstream on
 # 127.0.0.1, gives it 3 s of wrk load (the 1 KiB JSON POST of
@@ -10,7 +10,7 @@
 # (callgrind_control -d) and divides by the requests served in those 6 s.
 # Instruction counts are repeatable on a busy machine (the same binary gives
 # the same figure within about 0.3%); wall-clock is not. Keeps the profile
-# for callgrind_annotate when --keep DIR is given first. Used for the
+# for callgrind_annotate in DIR with --keep DIR. Used for the
 # README's instruction tables ("Benchmark"). Installs valgrind, nginx-light
 # and wrk (Debian) if missing.
 set -euo pipefail
@@ -29,7 +29,10 @@ scripts/tools/apt.sh valgrind nginx-light wrk >&2
 work=$(mktemp -d)
 vg=""
 cleanup() {
-  [[ -n "$vg" ]] && kill "$vg" 2>/dev/null || true
+  if [[ -n "$vg" ]]; then
+    kill "$vg" 2>/dev/null || true
+    wait "$vg" 2>/dev/null || true
+  fi
   [[ -f "$work/upstream.pid" ]] && kill "$(cat "$work/upstream.pid")" 2>/dev/null || true
   sleep 0.2
   rm -rf "$work"
@@ -72,13 +75,14 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 wrk -t1 -c"$conns" -d3s -s "$work/post.lua" "$url" > /dev/null
-callgrind_control -z "$vg" > /dev/null 2>&1
+callgrind_control -z "$vg" > /dev/null 2>&1 || { echo "callgrind_control -z failed" >&2; exit 1; }
 out=$(wrk -t1 -c"$conns" -d6s -s "$work/post.lua" "$url")
-callgrind_control -d "$vg" > /dev/null 2>&1
+callgrind_control -d "$vg" > /dev/null 2>&1 || { echo "callgrind_control -d failed" >&2; exit 1; }
 sleep 1
 if grep -q "Non-2xx" <<< "$out"; then echo "answers other than 2xx" >&2; exit 1; fi
 requests=$(awk '/requests in/ {print $1}' <<< "$out")
-dump=$(ls "$work"/callgrind.out.* | head -1)
+dump=$(ls "$work"/callgrind.out.* 2>/dev/null | head -1)
+[[ -n "$dump" ]] || { echo "no callgrind dump; valgrind said:" >&2; tail -5 "$work/valgrind.log" >&2; exit 1; }
 total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "$binary at $conns connections: $requests requests, $((total / requests)) instructions per request"
 if [[ -n "$keep" ]]; then mkdir -p "$keep" && cp "$dump" "$keep/"; fi

@@ -31,7 +31,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
-/// How long an unused connection is kept.
+/// After how long an idle connection is no longer reused: it is closed at
+/// the next checkout (there is no timer; fal may close it sooner).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The most idle connections kept, all origins together.

@@ -1,6 +1,7 @@
-//! The upstream of the native targets: hyper's pooled client over rustls
-//! for fal requests, reqwest (same TLS settings) for an egress proxy from
-//! the environment and for the auth provider's key set.
+//! The upstream of the native targets: hyper's HTTP/1.1 client connections
+//! over rustls, in the crate's own pool ([`crate::pool`]), for fal
+//! requests; reqwest (same TLS settings) for an egress proxy from the
+//! environment and for the auth provider's key set.
 
 use crate::auth::{KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES};
 use crate::body::{BoxError, is_body_limit_error, limit_body};
@@ -20,7 +21,7 @@ use std::time::Duration;
 /// How long connecting (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an unused pooled connection is kept (both clients).
+/// After how long an idle pooled connection is no longer reused (both clients).
 const POOL_IDLE_TIMEOUT: Duration = crate::pool::IDLE_TIMEOUT;
 
 /// The HTTP clients, built once per process and shared by every request:
