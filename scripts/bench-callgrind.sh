@@ -15,6 +15,8 @@
 # and wrk (Debian) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/bench-upstream.sh
+source scripts/tools/bench-upstream.sh
 conns=32 keep=""
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
@@ -39,32 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 key="bench-id:bench-secret" up_port=19110 port=19310
-# The answer of scripts/bench-ab.sh's upstream (and of the bench's mock).
-result='{"images":[{"url":"https://v3.fal.media/files/bench/image.png","width":1024,"height":1024,"content_type":"image/png"}],"seed":42,"has_nsfw_concepts":[false],"prompt":"a cat"}'
-cat > "$work/upstream.conf" <<CONF
-worker_processes 1;
-pid $work/upstream.pid;
-error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_max_body_size 64m;
-  server {
-    listen 127.0.0.1:$up_port;
-    location / { default_type application/json; return 200 '$result'; }
-  }
-}
-CONF
-python3 -c 'import json; print(json.dumps({"prompt": "x" * 980}), end="")' > "$work/body.json"
-cat > "$work/post.lua" <<LUA
-local f = io.open("$work/body.json"); local body = f:read("*a"); f:close()
-wrk.method = "POST"
-wrk.body = body
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["x-fal-target-url"] = "https://fal.run/fal-ai/flux/dev"
-LUA
-nginx -p "$work" -c "$work/upstream.conf"
+bench_upstream "$work" "$up_port"
 PORT=$port FAL_KEY=$key FAL_PROXY_UPSTREAM=http://127.0.0.1:$up_port \
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$binary" \
   2> "$work/valgrind.log" &

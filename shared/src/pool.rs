@@ -436,72 +436,9 @@ mod tests {
     }
 
     /// An upstream that answers as soon as it has a request's head (as fal
-    /// does when it refuses a request early), then reads and ignores the
-    /// rest. The answered connection goes back to the pool while the request
-    /// body is still being written on it; the next request to the origin
-    /// must not wait for it (hyper's `ready` is pending until the upload
-    /// ends) but use another connection.
-    #[tokio::test]
-    async fn an_upload_still_in_progress_does_not_hold_up_the_next_request() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let mut stream = BufReader::new(stream);
-                    loop {
-                        let mut line = String::new();
-                        // The head, answered at once; the body (no line
-                        // break in it) is never read as a head.
-                        loop {
-                            line.clear();
-                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                        }
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        let pool = pool();
-        // An upload that sends one chunk and then waits (a slow browser).
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
-            .await
-            .unwrap();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        let upload = Request::post(format!("{origin}/upload").parse::<Uri>().unwrap())
-            .header(http::header::HOST, "x")
-            .header(http::header::CONTENT_LENGTH, "1000")
-            .body(http_body_util::StreamBody::new(stream).boxed())
-            .unwrap();
-        let response = pool.send(upload).await.unwrap();
-        assert_eq!(body_of(response).await, "ok");
-        // The upload is still open; another request to the same origin.
-        let next = tokio::time::timeout(
-            Duration::from_secs(2),
-            pool.send(get(&format!("{origin}/next"))),
-        )
-        .await;
-        drop(tx);
-        let next = next.expect("the next request waited on the connection still uploading");
-        assert_eq!(body_of(next.unwrap()).await, "ok");
-    }
-
-    /// A connection passed over while its upload was still being written is
-    /// taken again once the upload has ended.
-    #[tokio::test]
-    async fn a_busy_connection_is_reused_after_its_upload_ends() {
+    /// does when it refuses a request early), then reads the body it was
+    /// announced; counts connections.
+    async fn early_answering_upstream() -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -527,7 +464,6 @@ mod tests {
                                 break;
                             }
                         }
-                        // Answered at once, the body read afterwards.
                         let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if stream.write_all(answer.as_bytes()).await.is_err() {
                             return;
@@ -540,7 +476,18 @@ mod tests {
                 });
             }
         });
-        let pool = pool();
+        (origin, accepted)
+    }
+
+    /// An upload of `length` bytes that sends `abc` and then waits for more
+    /// through the returned sender (a slow browser).
+    async fn slow_upload(
+        origin: &str,
+        length: usize,
+    ) -> (
+        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+        Request<PoolBody>,
+    ) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .await
@@ -550,13 +497,51 @@ mod tests {
         });
         let upload = Request::post(format!("{origin}/upload").parse::<Uri>().unwrap())
             .header(http::header::HOST, "x")
-            .header(http::header::CONTENT_LENGTH, "6")
+            .header(http::header::CONTENT_LENGTH, length)
             .body(http_body_util::StreamBody::new(stream).boxed())
             .unwrap();
+        (tx, upload)
+    }
+
+    /// The answered connection goes back to the pool while the request body
+    /// is still being written on it; the next request to the origin must
+    /// not wait for it (hyper's `ready` is pending until the upload ends)
+    /// but use another connection.
+    #[tokio::test]
+    async fn an_upload_still_in_progress_does_not_hold_up_the_next_request() {
+        let (origin, _) = early_answering_upstream().await;
+        let pool = pool();
+        let (tx, upload) = slow_upload(&origin, 1000).await;
         let response = pool.send(upload).await.unwrap();
         assert_eq!(body_of(response).await, "ok");
-        // Busy: a second connection.
-        let second = pool.send(get(&format!("{origin}/b"))).await.unwrap();
+        // The upload is still open; another request to the same origin.
+        let next = tokio::time::timeout(
+            Duration::from_secs(2),
+            pool.send(get(&format!("{origin}/next"))),
+        )
+        .await;
+        drop(tx);
+        let next = next.expect("the next request waited on the connection still uploading");
+        assert_eq!(body_of(next.unwrap()).await, "ok");
+    }
+
+    /// A connection passed over while its upload was still being written is
+    /// taken again once the upload has ended.
+    #[tokio::test]
+    async fn a_busy_connection_is_reused_after_its_upload_ends() {
+        let (origin, accepted) = early_answering_upstream().await;
+        let pool = pool();
+        let (tx, upload) = slow_upload(&origin, 6).await;
+        let response = pool.send(upload).await.unwrap();
+        assert_eq!(body_of(response).await, "ok");
+        // Busy: a second connection (and no wait for the first).
+        let second = tokio::time::timeout(
+            Duration::from_secs(2),
+            pool.send(get(&format!("{origin}/b"))),
+        )
+        .await
+        .expect("the request waited on the connection still uploading")
+        .unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // End the upload; give the first connection's task a turn.
         tx.send(Ok(Frame::data(Bytes::from_static(b"def"))))
