@@ -13,13 +13,16 @@
 //! at once; one still busy is passed over (a new connection is opened if
 //! no other is ready), so no request waits behind another's upload. A
 //! request that a pooled connection could not even start (fal closed it
-//! while it sat idle) goes again on a fresh connection; nothing that was
-//! written is ever sent twice.
+//! while it sat idle) goes again on another idle connection or a new one;
+//! nothing that was written is ever sent twice.
+//!
+//! HTTP/1.1 sends the path alone on the request line: the pool turns the
+//! absolute URI it is given into that form and writes the origin's `Host`.
 
 use crate::body::BoxError;
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -60,7 +63,6 @@ struct Idle {
 }
 
 /// `scheme://authority`, as the request URI has it.
-#[derive(Clone)]
 struct Origin {
     https: bool,
     authority: http::uri::Authority,
@@ -75,16 +77,33 @@ impl PartialEq for Origin {
 }
 
 impl Origin {
+    /// The origin of an absolute http(s) URI without user-info (no target
+    /// and no `FAL_PROXY_UPSTREAM` has any).
     fn of(uri: &Uri) -> Option<Self> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => return None,
         };
+        let authority = uri.authority()?;
+        if authority.as_str().contains('@') {
+            return None;
+        }
         Some(Self {
             https,
-            authority: uri.authority()?.clone(),
+            authority: authority.clone(),
         })
+    }
+
+    /// The `Host` header: the host, and the port when it is not the
+    /// scheme's default (as hyper-util wrote it, without its `format!`).
+    fn host_header(&self) -> Option<HeaderValue> {
+        let default_port = if self.https { 443 } else { 80 };
+        let host = match self.authority.port_u16() {
+            Some(port) if port != default_port => self.authority.as_str(),
+            _ => self.authority.host(),
+        };
+        HeaderValue::from_str(host).ok()
     }
 }
 
@@ -111,12 +130,17 @@ impl Pool {
         &self,
         request: Request<PoolBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let origin = Origin::of(request.uri())
+        let (origin, host) = Origin::of(request.uri())
+            .and_then(|origin| {
+                let host = origin.host_header()?;
+                Some((origin, host))
+            })
             .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
         let uri = request.uri().clone();
         let mut request = request;
-        // HTTP/1.1 sends the path and query only; the origin went into `Host`.
+        // HTTP/1.1 sends the path and query only, and the origin in `Host`.
         *request.uri_mut() = origin_form(&uri);
+        request.headers_mut().insert(http::header::HOST, host);
         while let Some(mut sender) = self.checkout(&origin) {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(self.pooled(response, origin, sender)),
@@ -347,10 +371,7 @@ mod tests {
     }
 
     fn get(url: &str) -> Request<PoolBody> {
-        let uri: Uri = url.parse().unwrap();
-        let host = uri.authority().unwrap().as_str().to_owned();
-        Request::get(uri)
-            .header(http::header::HOST, host)
+        Request::get(url)
             .body(Empty::new().map_err(|never| match never {}).boxed())
             .unwrap()
     }
@@ -495,8 +516,7 @@ mod tests {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        let upload = Request::post(format!("{origin}/upload").parse::<Uri>().unwrap())
-            .header(http::header::HOST, "x")
+        let upload = Request::post(format!("{origin}/upload"))
             .header(http::header::CONTENT_LENGTH, length)
             .body(http_body_util::StreamBody::new(stream).boxed())
             .unwrap();

@@ -140,10 +140,10 @@ impl Target {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
+        // Letters only, so neither a number nor an `xn--` label.
         if !labels.all(plain_label)
             || last.is_empty()
             || !last.bytes().all(|b| b.is_ascii_lowercase())
-            || last.starts_with("xn--")
         {
             return None;
         }

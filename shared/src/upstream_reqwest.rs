@@ -130,8 +130,6 @@ impl ReqwestUpstream {
                 .headers_mut()
                 .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
         }
-        let host = host_header(request.uri()).ok_or(UpstreamError::Broken)?;
-        request.headers_mut().insert(http::header::HOST, host);
         match tokio::time::timeout(self.head_timeout, pool.send(request)).await {
             Err(_elapsed) => Err(UpstreamError::Timeout),
             Ok(Err(PoolError::Connect(error))) => Err(classify(&*error, true, false)),
@@ -221,26 +219,6 @@ impl KeySetSource for ReqwestUpstream {
             .await
             .unwrap_or(Err(KeySetError::Timeout))
     }
-}
-
-/// The `Host` header for `uri`: `host`, or `host:port` for a port that is
-/// not the scheme's default. `None` for a URI without an http(s) authority
-/// or with user-info, which no target has.
-fn host_header(uri: &http::Uri) -> Option<http::HeaderValue> {
-    let authority = uri.authority()?;
-    if authority.as_str().contains('@') {
-        return None;
-    }
-    let default_port = match uri.scheme_str() {
-        Some("https") => 443,
-        Some("http") => 80,
-        _ => return None,
-    };
-    let host = match authority.port_u16() {
-        Some(port) if port != default_port => authority.as_str(),
-        _ => authority.host(),
-    };
-    http::HeaderValue::from_str(host).ok()
 }
 
 /// What a failed exchange was, from either client's error: whether it
