@@ -386,6 +386,33 @@ mod tests {
         crate::upstream_reqwest::direct_client().unwrap()
     }
 
+    /// `Host` is the host, with the port only when it is not the scheme's
+    /// default; IPv6 keeps its brackets; user-info is refused.
+    #[test]
+    fn host_header_table() {
+        let host = |url: &str| {
+            Origin::of(&url.parse::<Uri>().unwrap())
+                .and_then(|origin| origin.host_header())
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+        assert_eq!(host("https://fal.run/x").as_deref(), Some("fal.run"));
+        assert_eq!(host("https://fal.run:443/x").as_deref(), Some("fal.run"));
+        assert_eq!(
+            host("https://fal.run:8443/x").as_deref(),
+            Some("fal.run:8443")
+        );
+        assert_eq!(host("http://127.0.0.1:80/x").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            host("http://127.0.0.1:9000/x").as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(host("http://h:443/x").as_deref(), Some("h:443"));
+        assert_eq!(host("http://[::1]:9000/x").as_deref(), Some("[::1]:9000"));
+        assert_eq!(host("https://[::1]/x").as_deref(), Some("[::1]"));
+        assert_eq!(host("https://user@fal.run/x"), None);
+        assert_eq!(host("ftp://fal.run/x"), None);
+    }
+
     #[tokio::test]
     async fn sequential_requests_share_one_connection() {
         let (origin, accepted, hosts) = upstream("ok", After::KeepOpen).await;
