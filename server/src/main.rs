@@ -31,12 +31,13 @@
 //! open requests finish for up to ten seconds, then exits.
 
 mod connections;
+mod log_out;
 mod playground;
 
 use connections::{AcceptErrors, Connections, InFlight};
 use fal_proxy_core::{
-    Config, DrainOnDrop, Exchange, Hints, Level, LogFormat, LogLine, LoggedBody, NativeStore,
-    PROXY_PATH, Proxy, ProxyBody, ProxyError, RequestContext, ReqwestBody, ReqwestUpstream,
+    Config, DrainOnDrop, Hints, Level, LogFormat, LogLine, LoggedBody, NativeStore, PROXY_PATH,
+    Proxy, ProxyBody, ProxyError, RequestContext, ReqwestBody, ReqwestUpstream,
     forwarded_client_ip, vars,
 };
 use hyper::body::Incoming;
@@ -83,7 +84,7 @@ async fn main() -> ExitCode {
 
 /// Writes one line of the server's own to stderr, in the configured format.
 fn say(format: LogFormat, level: Level, message: impl Into<String>) {
-    eprintln!("{}", LogLine::message(level, message).render(format));
+    log_out::write_now(&LogLine::message(level, message).render(format));
 }
 
 async fn run() -> Result<(), String> {
@@ -116,7 +117,7 @@ async fn run() -> Result<(), String> {
     let client_ip_header = client_ip_header(env(vars::CLIENT_IP_HEADER))?;
     let format = config.log_format();
     if let Some(warning) = config.upstream_warning() {
-        eprintln!("{}", warning.render(format));
+        log_out::write_now(&warning.render(format));
     }
     let summary = config.summary();
     let proxy = Arc::new(Proxy::new(config, "native"));
@@ -152,6 +153,7 @@ async fn run() -> Result<(), String> {
     );
 
     tokio::spawn(heartbeat());
+    tokio::spawn(log_out::flusher());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -230,6 +232,7 @@ async fn run() -> Result<(), String> {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => say(format, Level::Warn, "open requests cut off"),
     }
+    log_out::flush();
     Ok(())
 }
 
@@ -249,20 +252,13 @@ async fn handle(
         return Ok(LoggedBody::wrap(page.map(ProxyBody::Full), started, |_| {}));
     }
     // A refused request's unread body is read out, so the browser gets the answer.
-    let mut request = request.map(DrainOnDrop::new);
-    request
-        .extensions_mut()
-        .insert(RequestContext::new(SystemTime::now(), Some(client_ip)));
-    let mut response = proxy
-        .forward(upstream.as_ref(), store.as_ref(), request)
+    let request = request.map(DrainOnDrop::new);
+    let context = RequestContext::new(SystemTime::now(), Some(client_ip));
+    let (mut response, exchange) = proxy
+        .exchange(upstream.as_ref(), store.as_ref(), request, Some(context))
         .await;
     // A stalled body is not read out: close the connection after the answer.
-    let stalled = response
-        .extensions()
-        .get::<Exchange>()
-        .and_then(Exchange::error)
-        == Some(ProxyError::RequestBodyTimeout);
-    if stalled {
+    if exchange.error() == Some(ProxyError::RequestBodyTimeout) {
         response.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
@@ -271,14 +267,19 @@ async fn handle(
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    if let Some(hint) = HINTS.line(&response, now) {
-        eprintln!("{hint}");
+    if let Some(hint) = HINTS.line_for(&exchange, now) {
+        log_out::write_now(&hint);
     }
     // The connection counts as busy until the response body is done.
-    Ok(LoggedBody::wrap(response, started, move |line| {
-        drop(in_flight);
-        write_line(line);
-    }))
+    Ok(LoggedBody::wrap_with(
+        response,
+        Some(exchange),
+        started,
+        move |line| {
+            drop(in_flight);
+            log_out::push(&line);
+        },
+    ))
 }
 
 /// A timer that is always due within [`HEARTBEAT`]. tokio's timer wakes
@@ -293,14 +294,6 @@ async fn heartbeat() {
     loop {
         ticks.tick().await;
     }
-}
-
-/// Writes a request's log line to stderr in one `write` (`eprintln!` makes
-/// two on unbuffered stderr: the text, then the line break).
-fn write_line(mut line: String) {
-    use std::io::Write as _;
-    line.push('\n');
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// `FAL_PROXY_CLIENT_IP_HEADER`: the header your own load balancer writes

@@ -79,9 +79,21 @@ impl<B> LoggedBody<B> {
         started: Instant,
         sink: impl FnOnce(String) + Send + Sync + 'static,
     ) -> Response<Self> {
-        let status = response.status();
         let (mut parts, inner) = response.into_parts();
         let exchange = parts.extensions.remove::<Exchange>();
+        Self::wrap_with(Response::from_parts(parts, inner), exchange, started, sink)
+    }
+
+    /// [`LoggedBody::wrap`] with the [`Exchange`] passed (the line comes
+    /// from it; none logs nothing).
+    pub fn wrap_with(
+        response: Response<ProxyBody<B>>,
+        exchange: Option<Exchange>,
+        started: Instant,
+        sink: impl FnOnce(String) + Send + Sync + 'static,
+    ) -> Response<Self> {
+        let status = response.status();
+        let (parts, inner) = response.into_parts();
         let body = Self {
             inner,
             exchange,

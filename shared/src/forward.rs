@@ -78,9 +78,9 @@ impl RequestContext {
 #[derive(Debug, Clone)]
 pub struct Exchange {
     method: Method,
-    target: Option<(String, String)>,
-    /// The whole target URL, query included: the base a redirect resolves against.
-    target_url: Option<String>,
+    /// The target URL, query included (the log shows its host and path; a
+    /// redirect resolves against all of it).
+    target: Option<Target>,
     cors_origin: Option<HeaderValue>,
     error: Option<ProxyError>,
     /// Why the upstream was unreachable.
@@ -106,7 +106,6 @@ impl Exchange {
         Self {
             method,
             target: None,
-            target_url: None,
             cors_origin: None,
             error: None,
             cause: None,
@@ -159,11 +158,12 @@ impl Exchange {
     /// refused origin or host. Never a key or a query.
     pub fn log_record(&self, status: StatusCode, duration: Duration, bytes: u64) -> LogLine {
         let target = match &self.target {
-            Some((host, path)) => {
-                let mut target = String::with_capacity(host.len() + path.len());
-                target.push_str(host);
-                target.push_str(path);
-                target
+            Some(target) => {
+                let (host, path) = (target.host(), target.path());
+                let mut text = String::with_capacity(host.len() + path.len());
+                text.push_str(host);
+                text.push_str(path);
+                text
             }
             None => "-".to_owned(),
         };
@@ -245,8 +245,9 @@ impl Proxy {
     /// Runs every phase: the request filter, authentication, the upstream
     /// exchange, the response filter. Never fails: every error becomes a
     /// response. The [`Exchange`] is in the response's extensions for the
-    /// target's log. `upstream` also fetches the auth provider's key set;
-    /// `store` keeps the rate-limit counters (unused without a limit).
+    /// target's log, and the [`RequestContext`] is read from the request's.
+    /// `upstream` also fetches the auth provider's key set; `store` keeps the
+    /// rate-limit counters (unused without a limit).
     pub async fn forward<B, U, S>(
         &self,
         upstream: &U,
@@ -257,7 +258,27 @@ impl Proxy {
         U: Upstream<B> + KeySetSource,
         S: CounterStore,
     {
-        let (response, exchange) = match self.request_filter(request) {
+        let context = request.extensions().get::<RequestContext>().copied();
+        let (mut response, exchange) = self.exchange(upstream, store, request, context).await;
+        response.extensions_mut().insert(exchange);
+        response
+    }
+
+    /// [`Proxy::forward`] with the context passed and the [`Exchange`]
+    /// returned beside the response, not in extensions (which cost the
+    /// native server a few allocations per request).
+    pub async fn exchange<B, U, S>(
+        &self,
+        upstream: &U,
+        store: &S,
+        request: Request<B>,
+        context: Option<RequestContext>,
+    ) -> (Response<ProxyBody<U::Body>>, Exchange)
+    where
+        U: Upstream<B> + KeySetSource,
+        S: CounterStore,
+    {
+        match self.request_filter_in(request, context) {
             Decision::Respond(response, exchange) => (response.map(ProxyBody::Full), exchange),
             Decision::Forward(request, mut exchange) => {
                 let checked = match self.authenticate(upstream, &mut exchange).await {
@@ -273,10 +294,7 @@ impl Proxy {
                     }
                 }
             }
-        };
-        let mut response = response;
-        response.extensions_mut().insert(exchange);
-        response
+        }
     }
 
     /// Sends a decided request and maps the outcome.
@@ -346,8 +364,8 @@ impl Proxy {
         let Some(limits) = &self.config.limits else {
             return Ok(());
         };
-        let (host, path) = exchange.target.as_ref().ok_or(ProxyError::Internal)?;
-        let cost = match limits.charge(&exchange.method, host, path) {
+        let target = exchange.target.as_ref().ok_or(ProxyError::Internal)?;
+        let cost = match limits.charge(&exchange.method, target.host(), target.path()) {
             Charge::Free => return Ok(()),
             Charge::Cost(0) => return Ok(()),
             Charge::Cost(cost) => cost,
@@ -379,8 +397,17 @@ impl Proxy {
     /// Phase 1: validates the browser's request and builds the upstream one,
     /// or decides the answer. Nothing is sent upstream for a `Respond`.
     pub fn request_filter<B>(&self, request: Request<B>) -> Decision<B> {
+        let context = request.extensions().get::<RequestContext>().copied();
+        self.request_filter_in(request, context)
+    }
+
+    fn request_filter_in<B>(
+        &self,
+        request: Request<B>,
+        context: Option<RequestContext>,
+    ) -> Decision<B> {
         let mut exchange = Exchange::new(request.method().clone(), self.config.log_format);
-        exchange.context = request.extensions().get::<RequestContext>().copied();
+        exchange.context = context;
         match self.check_request(&request, &mut exchange) {
             Ok(Checked::Forward(uri, authorization)) => {
                 let (parts, body) = request.into_parts();
@@ -511,9 +538,9 @@ impl Proxy {
             exchange.bearer = Some(auth::bearer(request.headers())?);
         }
 
-        let target = Target::from_headers(request.headers())?;
-        exchange.target = Some((target.host().to_owned(), target.path().to_owned()));
-        exchange.target_url = Some(target.as_str().to_owned());
+        let target = &*exchange
+            .target
+            .insert(Target::from_headers(request.headers())?);
         self.config.allow_urls.check(&target)?;
         if let Some(endpoints) = &self.config.allow_endpoints {
             endpoints.check(request.method(), &target)?;
@@ -570,7 +597,7 @@ impl Proxy {
         redirect::check(
             &self.config,
             &exchange.method,
-            exchange.target_url.as_deref(),
+            exchange.target.as_ref().map(Target::as_str),
             response.status(),
             response.headers(),
         )?;

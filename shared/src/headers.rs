@@ -51,7 +51,11 @@ pub(crate) fn upstream_request_headers(
     authorization: &HeaderValue,
     client_proxy: &HeaderValue,
 ) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(incoming.keys_len() + 2);
+    // Room for what is added here and later without the map regrowing
+    // (a rehash and a copy): `authorization` and `x-fal-client-proxy` here,
+    // `accept` and `host` by the upstream, and the entry hyper looks up for
+    // the body's framing (its lookup reserves a slot first).
+    let mut out = HeaderMap::with_capacity(incoming.keys_len() + 5);
     let hop_by_hop = connection_named(incoming);
     for (name, value) in incoming {
         let wanted = (FORWARDED_REQUEST_HEADERS.contains(name)
@@ -71,13 +75,16 @@ pub(crate) fn upstream_request_headers(
 }
 
 /// The headers a message names as hop-by-hop in its `Connection` header(s).
+/// `keep-alive` (the usual one) is left out: no direction lets it through.
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }
 

@@ -302,7 +302,16 @@ impl Hints {
     ///
     /// [`Exchange`]: crate::Exchange
     pub fn line<B>(&self, response: &http::Response<B>, now: Duration) -> Option<String> {
-        let exchange = response.extensions().get::<crate::forward::Exchange>()?;
+        self.line_for(
+            response.extensions().get::<crate::forward::Exchange>()?,
+            now,
+        )
+    }
+
+    /// [`Hints::line`] for an [`Exchange`] at hand.
+    ///
+    /// [`Exchange`]: crate::Exchange
+    pub fn line_for(&self, exchange: &crate::forward::Exchange, now: Duration) -> Option<String> {
         let hint = exchange.hint()?;
         self.admit(hint, now)
             .then(|| hint.to_line().render(exchange.log_format()))

@@ -92,9 +92,32 @@ impl Glob {
     /// at a time: O(tokens x subject length), no backtracking. With
     /// `prefix`, succeeds as soon as the whole subject is consumed.
     fn simulate(&self, subject: &[u8], prefix: bool) -> bool {
+        // The position sets of a short subject (any real target) on the
+        // stack: this runs on every request.
+        const ON_STACK: usize = 256;
         let n = subject.len();
-        let mut current = vec![false; n + 1];
-        let mut next = vec![false; n + 1];
+        if n < ON_STACK {
+            let (mut current, mut next) = ([false; ON_STACK], [false; ON_STACK]);
+            self.simulate_in(subject, prefix, &mut current[..=n], &mut next[..=n])
+        } else {
+            self.simulate_in(
+                subject,
+                prefix,
+                &mut vec![false; n + 1],
+                &mut vec![false; n + 1],
+            )
+        }
+    }
+
+    /// [`Glob::simulate`] with two all-false sets of `subject.len() + 1` positions.
+    fn simulate_in<'a>(
+        &self,
+        subject: &[u8],
+        prefix: bool,
+        mut current: &'a mut [bool],
+        mut next: &'a mut [bool],
+    ) -> bool {
+        let n = subject.len();
         current[0] = true;
         for token in &self.tokens {
             if prefix && current[n] {
@@ -228,6 +251,25 @@ mod tests {
         let glob = Glob::new("*a*a*a*a*a*a*a*a*a*a*b");
         assert!(!glob.matches(&subject));
         assert!(Glob::new("**a/").matches(&subject));
+    }
+
+    /// Subjects on both sides of the length kept on the stack.
+    #[test]
+    fn stack_and_heap_position_sets_agree() {
+        for length in 250..262 {
+            let name = "x".repeat(length - "fal.run/".len());
+            let subject = format!("fal.run/{name}");
+            assert_eq!(subject.len(), length);
+            assert!(Glob::new("fal.run/*").matches(&subject), "{length}");
+            assert!(Glob::new("*/x*").matches(&subject), "{length}");
+            assert!(!Glob::new("fal.run/*/").matches(&subject), "{length}");
+            assert!(!Glob::new("fal.run/*y").matches(&subject), "{length}");
+            assert!(
+                Glob::new("fal.run/*/z").matches_prefix(&subject),
+                "{length}"
+            );
+            assert!(!Glob::new("fal.ai/**").matches_prefix(&subject), "{length}");
+        }
     }
 
     /// `matches_prefix(s)` must hold exactly when some continuation `t`

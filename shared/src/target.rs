@@ -128,49 +128,67 @@ impl Target {
     /// valid or not, takes [`Target::parse_whatwg`]. The fuzz target
     /// `target_url` checks that both give the same answer on every input.
     fn already_canonical(raw: &str) -> Option<Self> {
-        let rest = raw.strip_prefix(HTTPS)?;
-        let host_len = rest.find('/')?;
-        let host = &rest[..host_len];
-        let mut labels = host.split('.');
-        let last = labels.next_back()?;
-        let plain_label = |label: &str| {
-            !label.is_empty()
-                && !label.starts_with("xn--")
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        };
-        // Letters only, so neither a number nor an `xn--` label.
-        if !labels.all(plain_label)
-            || last.is_empty()
-            || !last.bytes().all(|b| b.is_ascii_lowercase())
-        {
-            return None;
+        // One pass over the bytes (this runs on every request).
+        let bytes = raw.as_bytes();
+        let rest = bytes.strip_prefix(HTTPS.as_bytes())?;
+        let mut label_start = 0;
+        let mut letters_only = true;
+        let mut host_len = None;
+        for (i, &byte) in rest.iter().enumerate() {
+            match byte {
+                b'a'..=b'z' => {}
+                b'0'..=b'9' | b'-' => letters_only = false,
+                b'.' | b'/' => {
+                    let label = &rest[label_start..i];
+                    if label.is_empty() || label.starts_with(b"xn--") {
+                        return None;
+                    }
+                    if byte == b'/' {
+                        // The last label: letters only, so never a number.
+                        if !letters_only {
+                            return None;
+                        }
+                        host_len = Some(i);
+                        break;
+                    }
+                    label_start = i + 1;
+                    letters_only = true;
+                }
+                _ => return None,
+            }
         }
-        let host_end = HTTPS.len() + host_len;
-        let after_host = &raw[host_end..];
-        let path_len = after_host.find('?').unwrap_or(after_host.len());
-        let (path, query) = after_host.split_at(path_len);
-        let path_plain = path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~'));
-        if !path_plain
-            || path
-                .split('/')
-                .any(|segment| segment == "." || segment == "..")
-        {
-            return None;
+        let host_end = HTTPS.len() + host_len?;
+        let mut query_start = bytes.len();
+        let mut segment_start = host_end + 1;
+        for i in segment_start..=bytes.len() {
+            match bytes.get(i) {
+                next @ (None | Some(b'/' | b'?')) => {
+                    let segment = &bytes[segment_start..i];
+                    if segment == b"." || segment == b".." {
+                        return None;
+                    }
+                    if next == Some(&b'?') {
+                        query_start = i;
+                        break;
+                    }
+                    segment_start = i + 1;
+                }
+                Some(byte)
+                    if byte.is_ascii_alphanumeric()
+                        || matches!(byte, b'-' | b'.' | b'_' | b'~') => {}
+                Some(_) => return None,
+            }
         }
-        if query
-            .bytes()
-            .any(|b| matches!(b, b'"' | b'\'' | b'<' | b'>' | b'#'))
+        if bytes[query_start..]
+            .iter()
+            .any(|byte| matches!(byte, b'"' | b'\'' | b'<' | b'>' | b'#'))
         {
             return None;
         }
         Some(Self {
             serialization: raw.to_owned(),
             host_end,
-            query_start: host_end + path_len,
+            query_start,
         })
     }
 
