@@ -9,7 +9,8 @@
 # system time from /proc/<pid>/stat over the requests served, summed over
 # the rounds. The upstream is a static nginx on 127.0.0.1 (cheaper and
 # steadier than the bench's mock, so the proxies' own costs show). Used for
-# the A/B figures in the README ("Benchmark"). Loopback only, bounded.
+# the A/B figures in the README ("Benchmark"). Each proxy logs to a file, as
+# nginx does. Loopback only, bounded.
 # Installs nginx-light and wrk (Debian) if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,7 +85,7 @@ names=() ports=()
 port=$first_port
 for binary in "$@"; do
   PORT=$port FAL_KEY=$key FAL_PROXY_UPSTREAM=http://127.0.0.1:$up_port \
-    "$binary" 2>/dev/null &
+    "$binary" 2> "$work/proxy-$port.log" &
   pids+=($!) names+=("$binary") ports+=($port)
   port=$((port + 1))
 done

@@ -101,6 +101,8 @@ pub struct Slot {
     in_flight: AtomicUsize,
     spoken: AtomicBool,
     shed: Notify,
+    /// Set before `shed` is notified (see [`Slot::serve`]).
+    shedding: AtomicBool,
     /// The connection's socket (shared with its task), to peek at.
     stream: Option<Arc<TcpStream>>,
 }
@@ -139,9 +141,37 @@ impl Slot {
         InFlight(Arc::clone(self))
     }
 
-    /// Resolves when the connection is to be closed to make room.
-    pub async fn shed(&self) {
-        self.shed.notified().await;
+    /// Tells the connection's task to close it.
+    fn raise_shed(&self) {
+        self.shedding.store(true, Ordering::SeqCst);
+        self.shed.notify_one();
+    }
+
+    /// Runs `connection` until it ends or the connection is shed to make
+    /// room (dropping it closes the connection). The shed signal is polled
+    /// on the first wake-up, when the task's waker changes, and once it is
+    /// raised, not on every wake-up of a busy connection: each poll of a
+    /// `Notify` waiter takes its lock.
+    pub async fn serve<F: Future>(&self, connection: F) {
+        let mut connection = std::pin::pin!(connection);
+        let mut shed = std::pin::pin!(self.shed.notified());
+        let mut registered: Option<std::task::Waker> = None;
+        std::future::poll_fn(|cx| {
+            if connection.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            let stale = registered
+                .as_ref()
+                .is_none_or(|waker| !waker.will_wake(cx.waker()));
+            if stale || self.shedding.load(Ordering::SeqCst) {
+                if shed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                registered = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
     }
 }
 
@@ -216,7 +246,7 @@ impl Connections {
                 .map(|(&id, _)| id);
             match victim.and_then(|id| registry.open.remove(&id)) {
                 Some(slot) => {
-                    slot.shed.notify_one();
+                    slot.raise_shed();
                     shed_another = true;
                 }
                 None if registry.open.len() >= self.cap => return None,
@@ -410,9 +440,9 @@ mod tests {
         assert_eq!(connections.open(), 7);
         // Shedding paces the accepts: each connection lives MIN_LIFE.
         assert_eq!(newcomer.pace(), MIN_LIFE / 8);
-        assert!(futures_now(admitted[4].slot().shed()).is_some());
-        assert!(futures_now(admitted[3].slot().shed()).is_none());
-        assert!(futures_now(admitted[0].slot().shed()).is_none());
+        assert!(futures_now(admitted[4].slot().serve(std::future::pending::<()>())).is_some());
+        assert!(futures_now(admitted[3].slot().serve(std::future::pending::<()>())).is_none());
+        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>())).is_none());
         // Once only busy connections are left, the cap holds.
         let mut held = vec![newcomer.slot().request()];
         let mut extra = vec![newcomer];
@@ -443,6 +473,33 @@ mod tests {
     }
 
     /// Polls a future once.
+    /// A task already waiting when its connection is shed is woken, and its
+    /// next poll ends the connection; a connection that ends by itself ends
+    /// `serve` too.
+    #[test]
+    fn a_waiting_connection_is_woken_and_ended_when_shed() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let slot = Slot::default();
+        let mut serving = std::pin::pin!(slot.serve(std::future::pending::<()>()));
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        slot.raise_shed();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(serving.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(
+            futures_now(Slot::default().serve(std::future::ready(()))),
+            Some(())
+        );
+    }
+
     fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
         let waker = std::task::Waker::noop();

@@ -199,12 +199,7 @@ async fn run() -> Result<(), String> {
                 let connection = http.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    let slot = Arc::clone(admitted.slot());
-                    // Shed to make room: dropping the connection closes it.
-                    tokio::select! {
-                        _ = connection => {}
-                        () = slot.shed() => {}
-                    }
+                    admitted.slot().serve(connection).await;
                     drop(admitted);
                 });
                 // While shedding, pace the accepts (see `connections`); the

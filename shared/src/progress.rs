@@ -59,11 +59,12 @@ mod watched {
 
     /// A request body with an idle deadline between chunks. The clock runs
     /// only while the body waits on the browser, not while the upstream is
-    /// slow to take what already arrived.
+    /// slow to take what already arrived. The timer is made the first time
+    /// the body waits (a body that came whole with the request never does).
     pub(crate) struct Watched<B> {
         inner: Pin<Box<B>>,
         idle: Duration,
-        sleep: Pin<Box<Sleep>>,
+        sleep: Option<Pin<Box<Sleep>>>,
         waiting: bool,
     }
 
@@ -81,7 +82,7 @@ mod watched {
             Self {
                 inner: Box::pin(inner),
                 idle,
-                sleep: Box::pin(tokio::time::sleep(idle)),
+                sleep: None,
                 waiting: false,
             }
         }
@@ -101,10 +102,6 @@ mod watched {
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             let this = self.get_mut();
-            if !this.waiting {
-                this.waiting = true;
-                this.sleep.as_mut().reset(Instant::now() + this.idle);
-            }
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     this.waiting = false;
@@ -114,10 +111,23 @@ mod watched {
                     Poll::Ready(Some(Err(Box::new(RequestBodyError::Broken(error.into())))))
                 }
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(RequestBodyError::Stalled)))),
-                    Poll::Pending => Poll::Pending,
-                },
+                Poll::Pending => {
+                    let sleep = match &mut this.sleep {
+                        Some(sleep) if this.waiting => sleep,
+                        Some(sleep) => {
+                            sleep.as_mut().reset(Instant::now() + this.idle);
+                            sleep
+                        }
+                        None => this.sleep.insert(Box::pin(tokio::time::sleep(this.idle))),
+                    };
+                    this.waiting = true;
+                    match sleep.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(Box::new(RequestBodyError::Stalled))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
             }
         }
 
@@ -167,6 +177,24 @@ mod watched {
                 Some(RequestBodyError::Stalled)
             ));
             drop(sender);
+        }
+
+        /// Each chunk restarts the clock: a body slower in total than the
+        /// idle time, but never idle that long, passes.
+        #[tokio::test]
+        async fn a_trickling_body_passes() {
+            let (sender, receiver) = mpsc::channel(1);
+            let body = Watched::new(Channel(receiver), Duration::from_millis(150));
+            let feed = tokio::spawn(async move {
+                for _ in 0..4 {
+                    tokio::time::sleep(Duration::from_millis(75)).await;
+                    sender.send(Ok(Bytes::from_static(b"x"))).await.unwrap();
+                }
+            });
+            let started = std::time::Instant::now();
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "xxxx");
+            assert!(started.elapsed() >= Duration::from_millis(280));
+            feed.await.unwrap();
         }
 
         #[tokio::test]
