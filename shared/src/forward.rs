@@ -541,9 +541,9 @@ impl Proxy {
         let target = &*exchange
             .target
             .insert(Target::from_headers(request.headers())?);
-        self.config.allow_urls.check(&target)?;
+        self.config.allow_urls.check(target)?;
         if let Some(endpoints) = &self.config.allow_endpoints {
-            endpoints.check(request.method(), &target)?;
+            endpoints.check(request.method(), target)?;
         }
         let key = key::select(
             self.config.key_mode,

@@ -159,8 +159,9 @@ impl Target {
         }
         let host_end = HTTPS.len() + host_len?;
         let mut query_start = bytes.len();
-        let mut segment_start = host_end + 1;
-        for i in segment_start..=bytes.len() {
+        let path_start = host_end + 1;
+        let mut segment_start = path_start;
+        for i in path_start..=bytes.len() {
             match bytes.get(i) {
                 next @ (None | Some(b'/' | b'?')) => {
                     let segment = &bytes[segment_start..i];
