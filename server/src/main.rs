@@ -31,7 +31,6 @@
 //! open requests finish for up to ten seconds, then exits.
 
 mod connections;
-mod log_out;
 mod playground;
 
 use connections::{AcceptErrors, Connections, InFlight};
@@ -84,7 +83,7 @@ async fn main() -> ExitCode {
 
 /// Writes one line of the server's own to stderr, in the configured format.
 fn say(format: LogFormat, level: Level, message: impl Into<String>) {
-    log_out::write_now(&LogLine::message(level, message).render(format));
+    eprintln!("{}", LogLine::message(level, message).render(format));
 }
 
 async fn run() -> Result<(), String> {
@@ -117,7 +116,7 @@ async fn run() -> Result<(), String> {
     let client_ip_header = client_ip_header(env(vars::CLIENT_IP_HEADER))?;
     let format = config.log_format();
     if let Some(warning) = config.upstream_warning() {
-        log_out::write_now(&warning.render(format));
+        eprintln!("{}", warning.render(format));
     }
     let summary = config.summary();
     let proxy = Arc::new(Proxy::new(config, "native"));
@@ -153,7 +152,6 @@ async fn run() -> Result<(), String> {
     );
 
     tokio::spawn(heartbeat());
-    tokio::spawn(log_out::flusher());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -227,7 +225,6 @@ async fn run() -> Result<(), String> {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => say(format, Level::Warn, "open requests cut off"),
     }
-    log_out::flush();
     Ok(())
 }
 
@@ -263,7 +260,7 @@ async fn handle(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     if let Some(hint) = HINTS.line_for(&exchange, now) {
-        log_out::write_now(&hint);
+        eprintln!("{hint}");
     }
     // The connection counts as busy until the response body is done.
     Ok(LoggedBody::wrap_with(
@@ -272,7 +269,7 @@ async fn handle(
         started,
         move |line| {
             drop(in_flight);
-            log_out::push(&line);
+            write_line(line);
         },
     ))
 }
@@ -289,6 +286,14 @@ async fn heartbeat() {
     loop {
         ticks.tick().await;
     }
+}
+
+/// Writes a request's log line to stderr in one `write` (`eprintln!` makes
+/// two on unbuffered stderr: the text, then the line break).
+fn write_line(mut line: String) {
+    use std::io::Write as _;
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// `FAL_PROXY_CLIENT_IP_HEADER`: the header your own load balancer writes
