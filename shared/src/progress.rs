@@ -184,16 +184,16 @@ mod watched {
         #[tokio::test]
         async fn a_trickling_body_passes() {
             let (sender, receiver) = mpsc::channel(1);
-            let body = Watched::new(Channel(receiver), Duration::from_millis(150));
+            let body = Watched::new(Channel(receiver), Duration::from_millis(300));
             let feed = tokio::spawn(async move {
-                for _ in 0..4 {
+                for _ in 0..5 {
                     tokio::time::sleep(Duration::from_millis(75)).await;
                     sender.send(Ok(Bytes::from_static(b"x"))).await.unwrap();
                 }
             });
             let started = std::time::Instant::now();
-            assert_eq!(body.collect().await.unwrap().to_bytes(), "xxxx");
-            assert!(started.elapsed() >= Duration::from_millis(280));
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "xxxxx");
+            assert!(started.elapsed() >= Duration::from_millis(350));
             feed.await.unwrap();
         }
 
