@@ -472,7 +472,6 @@ mod tests {
         assert_eq!(errors.record(start + Duration::from_millis(1001)), Some(50));
     }
 
-    /// Polls a future once.
     /// A task already waiting when its connection is shed is woken, and its
     /// next poll ends the connection; a connection that ends by itself ends
     /// `serve` too.
@@ -500,6 +499,7 @@ mod tests {
         );
     }
 
+    /// Polls a future once.
     fn futures_now<F: std::future::Future>(future: F) -> Option<F::Output> {
         let mut future = std::pin::pin!(future);
         let waker = std::task::Waker::noop();

@@ -79,9 +79,9 @@ impl<B> LoggedBody<B> {
         started: Instant,
         sink: impl FnOnce(String) + Send + Sync + 'static,
     ) -> Response<Self> {
-        let (mut parts, inner) = response.into_parts();
-        let exchange = parts.extensions.remove::<Exchange>();
-        Self::wrap_with(Response::from_parts(parts, inner), exchange, started, sink)
+        let mut response = response;
+        let exchange = response.extensions_mut().remove::<Exchange>();
+        Self::wrap_with(response, exchange, started, sink)
     }
 
     /// [`LoggedBody::wrap`] with the [`Exchange`] passed (the line comes
