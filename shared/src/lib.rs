@@ -109,6 +109,8 @@ mod body;
 #[cfg(feature = "reqwest")]
 mod drain;
 #[cfg(feature = "reqwest")]
+mod h1;
+#[cfg(feature = "reqwest")]
 mod pool;
 #[cfg(test)]
 mod test_support;

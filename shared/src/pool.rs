@@ -1,5 +1,5 @@
-//! The native targets' connections to fal: hyper's HTTP/1.1 client
-//! connections, kept open between requests, per origin.
+//! The native targets' connections to fal: HTTP/1.1 client connections
+//! ([`crate::h1`]), kept open between requests, per origin.
 //!
 //! hyper-util's pooled client did the same through a hash map keyed by
 //! origin (SipHash over the host, byte by byte, on every checkout and
@@ -8,31 +8,33 @@
 //! A deployment talks to three or four origins at most, so a short list
 //! under a mutex does.
 //!
-//! A connection goes back to the list when its response body is done or
-//! dropped, and comes out only when hyper says it can take the next request
-//! at once; one still busy is passed over (a new connection is opened if
-//! no other is ready), so no request waits behind another's upload. A
-//! request that a pooled connection could not even start (fal closed it
-//! while it sat idle) goes again on another idle connection or a new one;
-//! nothing that was written is ever sent twice.
+//! A connection is in the list only while nothing is on it: it goes back
+//! when its response has been read to the end and its request written
+//! whole (when fal answered before the browser's upload ended, a task
+//! finishes the upload first), and never when either was cut short. It
+//! comes out only if nothing has arrived on it since (fal closing it, most
+//! often). A request none of whose bytes could be written on a pooled
+//! connection goes again on another idle connection or a new one; nothing
+//! that was written is ever sent twice.
 //!
-//! HTTP/1.1 sends the path alone on the request line: the pool turns the
-//! absolute URI it is given into that form and writes the origin's `Host`.
+//! HTTP/1.1 sends the path alone on the request line, and the origin in
+//! `Host`: the pool writes both from the absolute URI it is given.
 
-use crate::body::BoxError;
+use crate::h1::{self, Conn, Decoder, Head, Upload, WireError};
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::Uri;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
+
+pub(crate) use crate::h1::PoolBody;
 
 /// After how long an idle connection is no longer reused: it is closed at
 /// the next checkout (there is no timer; fal may close it sooner).
@@ -41,24 +43,28 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The most idle connections kept, all origins together.
 const MAX_IDLE: usize = 256;
 
-/// The request body the pool sends.
-pub(crate) type PoolBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A connection's stream: TCP, or TLS over it.
+type Stream = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
+
+/// A connection, boxed: with TLS's state it is large, and it moves from
+/// the pool to a request, into its response body and back.
+type Connection = Box<Conn<Stream>>;
 
 /// Why a request failed: while connecting, or on an open connection.
 #[derive(Debug)]
 pub(crate) enum PoolError {
     /// Opening the connection (TCP, TLS) failed.
-    Connect(BoxError),
+    Connect(crate::body::BoxError),
     /// The exchange on an open connection failed.
-    Request(hyper::Error),
+    Request(WireError),
 }
 
 /// One idle connection.
 struct Idle {
     origin: Origin,
-    sender: http1::SendRequest<PoolBody>,
+    conn: Connection,
     since: Instant,
 }
 
@@ -97,13 +103,17 @@ impl Origin {
 
     /// The `Host` header: the host, and the port when it is not the
     /// scheme's default (as hyper-util wrote it, without its `format!`).
-    fn host_header(&self) -> Option<HeaderValue> {
+    fn host(&self) -> &str {
         let default_port = if self.https { 443 } else { 80 };
-        let host = match self.authority.port_u16() {
+        match self.authority.port_u16() {
             Some(port) if port != default_port => self.authority.as_str(),
             _ => self.authority.host(),
-        };
-        HeaderValue::from_str(host).ok()
+        }
+    }
+
+    /// [`Origin::host`] as a header value, when it is a valid one.
+    fn host_header(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(self.host()).ok()
     }
 }
 
@@ -130,44 +140,44 @@ impl Pool {
         &self,
         request: Request<PoolBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let (origin, host) = Origin::of(request.uri())
-            .and_then(|origin| {
-                let host = origin.host_header()?;
-                Some((origin, host))
-            })
+        let origin = Origin::of(request.uri())
+            .filter(|origin| origin.host_header().is_some())
             .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
         let uri = request.uri().clone();
-        let mut request = request;
-        // HTTP/1.1 sends the path and query only, and the origin in `Host`.
-        *request.uri_mut() = origin_form(&uri);
-        request.headers_mut().insert(http::header::HOST, host);
-        while let Some(mut sender) = self.checkout(&origin) {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pooled(response, origin, sender)),
-                Err(mut error) => match error.take_message() {
-                    // Never written: fal closed the idle connection first.
-                    Some(unsent) => request = unsent,
-                    None => return Err(PoolError::Request(error.into_error())),
-                },
+        let head_request = request.method() == http::Method::HEAD;
+        let mut upload = Some(Upload::new(request, origin.host()));
+        while let Some(mut conn) = self.checkout(&origin) {
+            let mut failed = None;
+            let exchanged = std::future::poll_fn(|cx| {
+                h1::poll_exchange(&mut conn, &mut upload, &mut failed, cx)
+            })
+            .await;
+            match exchanged {
+                Ok(head) => {
+                    return Ok(self.pooled(head, head_request, upload, failed, conn, origin));
+                }
+                // Nothing written: fal closed the idle connection first.
+                Err(_) if upload.as_ref().is_some_and(Upload::is_unstarted) => {}
+                Err(error) => return Err(PoolError::Request(error)),
             }
         }
         // Boxed: the connect path's state is large and rarely needed, and
         // it would otherwise make every request's future (moved about
         // several times per request) that much larger.
-        let mut sender = Box::pin(self.connect(uri)).await?;
-        match sender.send_request(request).await {
-            Ok(response) => Ok(self.pooled(response, origin, sender)),
-            Err(error) => Err(PoolError::Request(error)),
-        }
+        let mut conn = Box::pin(self.connect(uri)).await?;
+        let mut failed = None;
+        let head =
+            std::future::poll_fn(|cx| h1::poll_exchange(&mut conn, &mut upload, &mut failed, cx))
+                .await
+                .map_err(PoolError::Request)?;
+        Ok(self.pooled(head, head_request, upload, failed, conn, origin))
     }
 
-    /// The most recently used idle connection to `origin` that can take a
-    /// request now. One that is closed is dropped; one that is still
-    /// finishing its last exchange (fal answered before the browser's
-    /// upload ended, or hyper has not yet seen the end of the answer) stays
-    /// for later and is passed over, so no request waits behind another's.
-    /// Expired connections are dropped from the front on the way.
-    fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<PoolBody>> {
+    /// The most recently used idle connection to `origin` on which nothing
+    /// has arrived since its last response. Those on which something has
+    /// (fal closed it, most often) are dropped, and expired ones from the
+    /// front on the way.
+    fn checkout(&self, origin: &Origin) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while idle
@@ -176,59 +186,64 @@ impl Pool {
         {
             idle.pop_front();
         }
-        // Asks without waiting: nothing is woken when readiness changes.
-        let mut asking = Context::from_waker(Waker::noop());
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
             if idle[index].origin != *origin {
                 continue;
             }
-            match idle[index].sender.poll_ready(&mut asking) {
-                Poll::Ready(Ok(())) => return idle.remove(index).map(|entry| entry.sender),
-                Poll::Ready(Err(_closed)) => drop(idle.remove(index)),
-                Poll::Pending => {}
+            let entry = idle.remove(index)?;
+            let mut conn = entry.conn;
+            if conn.is_open_and_quiet() {
+                return Some(conn);
             }
         }
         None
     }
 
-    /// Opens a connection to `uri`'s origin and starts its task.
-    async fn connect(&self, uri: Uri) -> Result<http1::SendRequest<PoolBody>, PoolError> {
+    /// Opens a connection to `uri`'s origin.
+    async fn connect(&self, uri: Uri) -> Result<Connection, PoolError> {
         let mut connector = self.connector.clone();
         let io = connector.call(uri).await.map_err(PoolError::Connect)?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|error| PoolError::Connect(error.into()))?;
-        tokio::spawn(async move {
-            // Its errors reach the request that was on it.
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(Box::new(Conn::new(TokioIo::new(io))))
     }
 
+    /// The response, with a body reading the rest from `conn`. A request
+    /// whose writing failed (fal answered and closed) is not written on.
     fn pooled(
         &self,
-        response: Response<Incoming>,
+        head: Head,
+        head_request: bool,
+        upload: Option<Upload>,
+        write_failed: Option<WireError>,
+        conn: Connection,
         origin: Origin,
-        sender: http1::SendRequest<PoolBody>,
     ) -> Response<PooledBody> {
-        let ret = Return {
-            pool: self.clone(),
-            origin,
-            sender,
+        let Head {
+            response,
+            framing,
+            keep_alive,
+        } = head;
+        let decoder = if h1::has_no_body(head_request, response.status()) {
+            Decoder::new(h1::Framing::Length(0))
+        } else {
+            Decoder::new(framing)
         };
-        response.map(|inner| PooledBody {
-            inner,
-            ret: Some(ret),
-        })
+        let failed = write_failed.is_some();
+        let mut body = PooledBody {
+            decoder,
+            upload: if failed { None } else { upload },
+            keep_alive: keep_alive && !failed,
+            conn: Some(conn),
+            ret: Some((self.clone(), origin)),
+        };
+        if body.decoder.is_done() {
+            body.finish();
+        }
+        response.map(|()| body)
     }
 
-    fn put_back(&self, origin: Origin, sender: http1::SendRequest<PoolBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put_back(&self, origin: Origin, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= MAX_IDLE {
             // The oldest goes: it is the likeliest to be closed by now.
@@ -236,78 +251,122 @@ impl Pool {
         }
         idle.push_back(Idle {
             origin,
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 }
 
-/// The URI's path and query alone (`/` when it has none).
-fn origin_form(uri: &Uri) -> Uri {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::from(path)
-}
-
-/// What goes back to the pool when a response body is finished with.
-struct Return {
-    pool: Pool,
-    origin: Origin,
-    sender: http1::SendRequest<PoolBody>,
-}
-
-/// A response body that gives its connection back to the pool when it is
-/// done or dropped (hyper makes the connection ready for the next request
-/// once the body is read out, or closes it if the body was cut short).
+/// A response body, read from its connection; the connection goes back to
+/// the pool when the body has been read to its end (and the request
+/// written whole), and is closed when the body is dropped before.
 pub struct PooledBody {
-    inner: Incoming,
-    ret: Option<Return>,
+    decoder: Decoder,
+    /// The rest of the request, when fal answered before it was written.
+    upload: Option<Upload>,
+    keep_alive: bool,
+    conn: Option<Connection>,
+    ret: Option<(Pool, Origin)>,
 }
 
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some(ret) = self.ret.take() {
-            ret.pool.put_back(ret.origin, ret.sender);
-        }
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("decoder", &self.decoder)
+            .field("upload", &self.upload)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
     }
 }
 
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        self.give_back();
+impl PooledBody {
+    /// The body has ended: the connection goes back to the pool if it
+    /// can carry another request, once the request is written whole.
+    fn finish(&mut self) {
+        let (Some(conn), Some((pool, origin))) = (self.conn.take(), self.ret.take()) else {
+            return;
+        };
+        if !self.keep_alive || !h1::read_nothing_more(&conn) {
+            return;
+        }
+        match self.upload.take() {
+            None => pool.put_back(origin, conn),
+            Some(mut upload) => {
+                // As hyper's connection task did: the upload goes on, and
+                // the connection is reused only once it is whole.
+                let mut conn = conn;
+                tokio::spawn(async move {
+                    let written =
+                        std::future::poll_fn(|cx| h1::poll_upload(&mut conn, &mut upload, cx))
+                            .await;
+                    if written.is_ok() && h1::read_nothing_more(&conn) {
+                        pool.put_back(origin, conn);
+                    }
+                });
+            }
+        }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = WireError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            this.give_back();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(upload) = this.upload.as_mut() {
+            match h1::poll_upload(conn, upload, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(_)) => {
+                    // The answer stands; the connection is not reused.
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
+            }
         }
-        polled
+        match h1::poll_body(conn, &mut this.decoder, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                if this.decoder.is_done() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                this.conn = None;
+                Poll::Ready(None)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.decoder.remaining() {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::BoxError;
     use http_body_util::{BodyExt, Empty};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
