@@ -112,6 +112,8 @@ mod drain;
 mod h1;
 #[cfg(feature = "reqwest")]
 mod pool;
+#[cfg(all(test, feature = "reqwest"))]
+mod pool_wire_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "reqwest")]
