@@ -245,25 +245,26 @@ impl Upload {
         } else {
             (Encoding::Chunked, false, true)
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
+        // `Uri::path` is `/` when empty (`http://host?q` goes as `/?q`).
+        let path = parts.uri.path();
+        let query = parts.uri.query();
         let mut head = Vec::with_capacity(
-            64 + path.len() + host.len() + parts.headers.len() * 32,
+            64 + path.len() + query.map_or(0, str::len) + host.len() + parts.headers.len() * 32,
         );
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());
+        if let Some(query) = query {
+            head.push(b'?');
+            head.extend_from_slice(query.as_bytes());
+        }
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(host.as_bytes());
         head.extend_from_slice(b"\r\n");
         // A `content-length` stays only when it frames the body sent.
         let keep_length = declared.is_some() && encoding != Encoding::Chunked;
         for (name, value) in &parts.headers {
-            if name == HOST
-                || name == TRANSFER_ENCODING
-                || (name == CONTENT_LENGTH && !keep_length)
+            if name == HOST || name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !keep_length)
             {
                 continue;
             }
@@ -305,11 +306,12 @@ impl Upload {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WireError>> {
         loop {
-            if !self.body_done && self.queue.len() < MAX_QUEUED {
-                if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
-                    self.take(frame)?;
-                    continue;
-                }
+            if !self.body_done
+                && self.queue.len() < MAX_QUEUED
+                && let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx)
+            {
+                self.take(frame)?;
+                continue;
             }
             if self.queue.is_empty() {
                 if !self.body_done {
@@ -527,6 +529,11 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         *response.version_mut() = version;
         *response.headers_mut() = headers;
         let (framing, keep_alive) = framing_of(&response)?;
+        if response.headers().contains_key(TRANSFER_ENCODING) {
+            // The transfer coding frames the body; a length beside it is
+            // wrong, and goes (RFC 9112 6.3).
+            response.headers_mut().remove(CONTENT_LENGTH);
+        }
         return Ok(Some(Head {
             response,
             framing,
@@ -708,9 +715,7 @@ impl Decoder {
                 State::Size(size * 16 + digit, digits + 1)
             }
             (State::Size(_, 0), _) => return Err(BAD),
-            (State::Size(size, _) | State::SizeSpace(size), b' ' | b'\t') => {
-                State::SizeSpace(size)
-            }
+            (State::Size(size, _) | State::SizeSpace(size), b' ' | b'\t') => State::SizeSpace(size),
             (State::Size(size, _) | State::SizeSpace(size), b';') => {
                 self.count_extra()?;
                 State::Extension(size)
