@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::error::Error;
 use std::fmt;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -168,20 +169,39 @@ impl fmt::Debug for Upload {
     }
 }
 
-/// The content length the headers give, when they give exactly one
-/// (repeated identical values included), as a number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&byte| byte == b',') {
-            let length = parse_decimal(trim(part)).ok_or(())?;
-            if found.is_some_and(|other| other != length) {
-                return Err(());
+/// The `content-length` fields seen, and the one length they all give.
+#[derive(Debug, Default)]
+struct Lengths {
+    seen: bool,
+    /// One was not a length, or two differed.
+    invalid: bool,
+    value: Option<u64>,
+}
+
+impl Lengths {
+    /// One field; it may list the length several times, comma-separated.
+    fn add(&mut self, field: &[u8]) {
+        self.seen = true;
+        if self.invalid {
+            return;
+        }
+        for part in field.split(|&byte| byte == b',') {
+            match parse_decimal(trim(part)) {
+                Some(length) if self.value.is_none_or(|other| other == length) => {
+                    self.value = Some(length);
+                }
+                _ => {
+                    self.invalid = true;
+                    return;
+                }
             }
-            found = Some(length);
         }
     }
-    Ok(found)
+
+    /// The length, when the fields give exactly one.
+    fn get(&self) -> Option<u64> {
+        if self.invalid { None } else { self.value }
+    }
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -206,24 +226,19 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end.max(start)]
 }
 
-/// Whether a comma-separated header's values name `token` (any case).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &[u8]) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&byte| byte == b',')
-            .any(|part| trim(part).eq_ignore_ascii_case(token))
-    })
+/// Whether a comma-separated field value names `token` (any case).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&byte| byte == b',')
+        .any(|part| trim(part).eq_ignore_ascii_case(token))
 }
 
-/// Whether the last transfer coding is `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|value| value.as_bytes().rsplit(|&byte| byte == b',').next())
-        .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"))
+/// Whether the last of a comma-separated field value's items is `token`.
+fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+    value
+        .rsplit(|&byte| byte == b',')
+        .next()
+        .is_some_and(|last| trim(last).eq_ignore_ascii_case(token))
 }
 
 impl Upload {
@@ -233,18 +248,6 @@ impl Upload {
     /// `CONNECT` send no body then), as hyper's client frames it.
     pub(crate) fn new(request: Request<PoolBody>, host: &str) -> Self {
         let (parts, body) = request.into_parts();
-        let declared = content_length(&parts.headers).ok().flatten();
-        let (encoding, add_length, add_chunked) = if body.is_end_stream() {
-            (Encoding::Length(0), false, false)
-        } else if let Some(length) = declared {
-            (Encoding::Length(length), false, false)
-        } else if let Some(length) = body.size_hint().exact() {
-            (Encoding::Length(length), true, false)
-        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-            (Encoding::Length(0), false, false)
-        } else {
-            (Encoding::Chunked, false, true)
-        };
         // `Uri::path` is `/` when empty (`http://host?q` goes as `/?q`).
         let path = parts.uri.path();
         let query = parts.uri.query();
@@ -261,26 +264,48 @@ impl Upload {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(host.as_bytes());
         head.extend_from_slice(b"\r\n");
-        // A `content-length` stays only when it frames the body sent.
-        let keep_length = declared.is_some() && encoding != Encoding::Chunked;
+        // The header map gives a name's values one after the other: the
+        // `content-length` lines are one run, taken out again below when
+        // they do not give one valid length.
+        let mut lengths = Lengths::default();
+        let mut length_lines = 0..0;
         for (name, value) in &parts.headers {
-            if name == HOST || name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !keep_length)
-            {
+            if name == HOST || name == TRANSFER_ENCODING {
                 continue;
             }
+            let start = head.len();
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
+            if name == CONTENT_LENGTH {
+                lengths.add(value.as_bytes());
+                length_lines = if length_lines.is_empty() {
+                    start..head.len()
+                } else {
+                    length_lines.start..head.len()
+                };
+            }
         }
-        if let (true, Encoding::Length(length)) = (add_length, encoding) {
+        let declared = lengths.get();
+        if declared.is_none() {
+            head.drain(length_lines);
+        }
+        let encoding = if body.is_end_stream() {
+            Encoding::Length(0)
+        } else if let Some(length) = declared {
+            Encoding::Length(length)
+        } else if let Some(length) = body.size_hint().exact() {
             head.extend_from_slice(b"content-length: ");
             head.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
             head.extend_from_slice(b"\r\n");
-        }
-        if add_chunked {
+            Encoding::Length(length)
+        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+            Encoding::Length(0)
+        } else {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
+            Encoding::Chunked
+        };
         head.extend_from_slice(b"\r\n");
         let mut queue = VecDeque::with_capacity(4);
         queue.push_back(Bytes::from(head));
@@ -474,9 +499,16 @@ pub(crate) fn poll_exchange<T: AsyncRead + AsyncWrite + Unpin>(
 /// `Ok(None)` when more is needed. Interim (`1xx`) responses are dropped.
 fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let length = match parsed.parse(read) {
+        if read.is_empty() {
+            return Ok(None);
+        }
+        let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            read,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => {
                 if read.len() > MAX_HEAD_BYTES {
@@ -496,25 +528,34 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
             continue;
         }
         let status = StatusCode::from_u16(code).map_err(|_| "the response status is invalid")?;
-        let version = if parsed.version == Some(1) {
-            Version::HTTP_11
-        } else {
-            Version::HTTP_10
-        };
+        let http11 = parsed.version == Some(1);
         // The head copied out whole, and its values shared from the copy:
         // the read buffer stays the connection's alone, to be reused.
         let copy = Bytes::copy_from_slice(&read[..length]);
         let base = read.as_ptr() as usize;
         let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        // The fields that frame the body, noted on the way.
+        let mut lengths = Lengths::default();
+        let (mut coded, mut chunked, mut close) = (false, false, false);
         for field in parsed.headers.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| "a response header name is invalid")?;
+            let bytes = field.value;
+            if name == CONTENT_LENGTH {
+                lengths.add(bytes);
+            } else if name == TRANSFER_ENCODING {
+                // Only the last coding of the last field counts.
+                coded = true;
+                chunked = last_token_is(bytes, b"chunked");
+            } else if name == CONNECTION {
+                close |= has_token(bytes, b"close");
+            }
             // httparse's slices point into `read`: the same place in the copy.
-            let value = if field.value.is_empty() {
+            let value = if bytes.is_empty() {
                 HeaderValue::from_static("")
             } else {
-                let start = (field.value.as_ptr() as usize).wrapping_sub(base);
-                let end = start.saturating_add(field.value.len());
+                let start = (bytes.as_ptr() as usize).wrapping_sub(base);
+                let end = start.saturating_add(bytes.len());
                 if end > copy.len() {
                     return Err("the response head is malformed");
                 }
@@ -524,54 +565,49 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
             headers.append(name, value);
         }
         read.advance(length);
+        // RFC 9112 6.3.
+        let mut keep_alive = http11 && !close;
+        let framing = if coded {
+            if !http11 {
+                return Err("transfer-encoding on an HTTP/1.0 response");
+            }
+            if lengths.seen {
+                // The transfer coding frames the body: a length beside it
+                // is wrong, goes, and the connection is not trusted after.
+                headers.remove(CONTENT_LENGTH);
+                keep_alive = false;
+            }
+            if chunked {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else if lengths.seen {
+            Framing::Length(
+                lengths
+                    .get()
+                    .ok_or("the response content-length is invalid")?,
+            )
+        } else {
+            Framing::Close
+        };
+        if framing == Framing::Close {
+            keep_alive = false;
+        }
         let mut response = Response::new(());
         *response.status_mut() = status;
-        *response.version_mut() = version;
+        *response.version_mut() = if http11 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
         *response.headers_mut() = headers;
-        let (framing, keep_alive) = framing_of(&response)?;
-        if response.headers().contains_key(TRANSFER_ENCODING) {
-            // The transfer coding frames the body; a length beside it is
-            // wrong, and goes (RFC 9112 6.3).
-            response.headers_mut().remove(CONTENT_LENGTH);
-        }
         return Ok(Some(Head {
             response,
             framing,
             keep_alive,
         }));
     }
-}
-
-/// The body's framing (RFC 9112 6.3) and whether the connection can be
-/// used again after it; for a response that has a body at all.
-fn framing_of(response: &Response<()>) -> Result<(Framing, bool), &'static str> {
-    let headers = response.headers();
-    let http11 = response.version() == Version::HTTP_11;
-    let mut keep_alive = http11 && !has_token(headers, &CONNECTION, b"close");
-    let framing = if headers.contains_key(TRANSFER_ENCODING) {
-        if !http11 {
-            return Err("transfer-encoding on an HTTP/1.0 response");
-        }
-        if headers.contains_key(CONTENT_LENGTH) {
-            // Framed by the transfer coding; not to be trusted after it.
-            keep_alive = false;
-        }
-        if is_chunked(headers) {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else {
-        match content_length(headers) {
-            Ok(Some(length)) => Framing::Length(length),
-            Ok(None) => Framing::Close,
-            Err(()) => return Err("the response content-length is invalid"),
-        }
-    };
-    if framing == Framing::Close {
-        keep_alive = false;
-    }
-    Ok((framing, keep_alive))
 }
 
 /// Whether a response to `method` with `status` has no body whatever its

@@ -23,7 +23,7 @@
 use crate::h1::{self, Conn, Decoder, Head, Upload, WireError};
 use bytes::Bytes;
 use http::uri::Uri;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -72,6 +72,8 @@ struct Idle {
 struct Origin {
     https: bool,
     authority: http::uri::Authority,
+    /// How much of the authority goes in `Host` (see [`Origin::host`]).
+    host_len: usize,
 }
 
 impl PartialEq for Origin {
@@ -95,25 +97,31 @@ impl Origin {
         if authority.as_str().contains('@') {
             return None;
         }
+        let default_port = if https { 443 } else { 80 };
+        let host_len = match authority.port_u16() {
+            Some(port) if port != default_port => authority.as_str().len(),
+            _ => authority.host().len(),
+        };
         Some(Self {
             https,
             authority: authority.clone(),
+            host_len,
         })
     }
 
     /// The `Host` header: the host, and the port when it is not the
     /// scheme's default (as hyper-util wrote it, without its `format!`).
     fn host(&self) -> &str {
-        let default_port = if self.https { 443 } else { 80 };
-        match self.authority.port_u16() {
-            Some(port) if port != default_port => self.authority.as_str(),
-            _ => self.authority.host(),
-        }
+        self.authority
+            .as_str()
+            .get(..self.host_len)
+            .unwrap_or_default()
     }
 
     /// [`Origin::host`] as a header value, when it is a valid one.
-    fn host_header(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(self.host()).ok()
+    #[cfg(test)]
+    fn host_header(&self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_str(self.host()).ok()
     }
 }
 
@@ -141,7 +149,7 @@ impl Pool {
         request: Request<PoolBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         let origin = Origin::of(request.uri())
-            .filter(|origin| origin.host_header().is_some())
+            .filter(|origin| origin.host().bytes().all(|byte| byte.is_ascii_graphic()))
             .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
         let uri = request.uri().clone();
         let head_request = request.method() == http::Method::HEAD;
