@@ -19,8 +19,8 @@
 
 use crate::body::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use std::collections::VecDeque;
 use std::error::Error;
@@ -246,15 +246,63 @@ impl Upload {
     /// its body's framing: the body's own `content-length` when it has a
     /// valid one, else its exact size, else chunked (`GET`, `HEAD` and
     /// `CONNECT` send no body then), as hyper's client frames it.
-    pub(crate) fn new(request: Request<PoolBody>, host: &str) -> Self {
-        let (parts, body) = request.into_parts();
+    pub(crate) fn new(
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: PoolBody,
+        host: &str,
+    ) -> Self {
         // `Uri::path` is `/` when empty (`http://host?q` goes as `/?q`).
-        let path = parts.uri.path();
-        let query = parts.uri.query();
-        let mut head = Vec::with_capacity(
-            64 + path.len() + query.map_or(0, str::len) + host.len() + parts.headers.len() * 32,
-        );
-        head.extend_from_slice(parts.method.as_str().as_bytes());
+        let path = uri.path();
+        let query = uri.query();
+        // The fields go as they are but for `host` (written first, from the
+        // origin), `transfer-encoding`, and a `content-length` that does not
+        // give one valid length; the size of the rest, and the length.
+        let mut lengths = Lengths::default();
+        let (mut fields_size, mut lengths_size) = (0, 0);
+        for (name, value) in headers {
+            let line = name.as_str().len() + value.len() + 4;
+            if name == CONTENT_LENGTH {
+                lengths.add(value.as_bytes());
+                lengths_size += line;
+            } else if name != HOST && name != TRANSFER_ENCODING {
+                fields_size += line;
+            }
+        }
+        let declared = lengths.get();
+        let mut digits = itoa::Buffer::new();
+        let (encoding, framing): (Encoding, &[u8]) = if body.is_end_stream() {
+            (Encoding::Length(0), b"")
+        } else if let Some(length) = declared {
+            (Encoding::Length(length), b"")
+        } else if let Some(length) = body.size_hint().exact() {
+            (Encoding::Length(length), digits.format(length).as_bytes())
+        } else if matches!(*method, Method::GET | Method::HEAD | Method::CONNECT) {
+            (Encoding::Length(0), b"")
+        } else {
+            (Encoding::Chunked, b"")
+        };
+        let framing_line: &[&[u8]] = match encoding {
+            Encoding::Chunked => &[b"transfer-encoding: chunked\r\n"],
+            Encoding::Length(_) if !framing.is_empty() => &[b"content-length: ", framing, b"\r\n"],
+            Encoding::Length(_) => &[],
+        };
+        let keep_lengths = declared.is_some();
+        // Sized exactly: a `Vec` whose length is its capacity becomes
+        // `Bytes` without another allocation.
+        let size = method.as_str().len()
+            + 1
+            + path.len()
+            + query.map_or(0, |query| query.len() + 1)
+            + " HTTP/1.1\r\nhost: \r\n".len()
+            + host.len()
+            + fields_size
+            + if keep_lengths { lengths_size } else { 0 }
+            + framing_line.iter().map(|part| part.len()).sum::<usize>()
+            + 2;
+        let mut head = Vec::with_capacity(size);
+        head.extend_from_slice(method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(path.as_bytes());
         if let Some(query) = query {
@@ -264,49 +312,23 @@ impl Upload {
         head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         head.extend_from_slice(host.as_bytes());
         head.extend_from_slice(b"\r\n");
-        // The header map gives a name's values one after the other: the
-        // `content-length` lines are one run, taken out again below when
-        // they do not give one valid length.
-        let mut lengths = Lengths::default();
-        let mut length_lines = 0..0;
-        for (name, value) in &parts.headers {
-            if name == HOST || name == TRANSFER_ENCODING {
+        for (name, value) in headers {
+            if name == HOST
+                || name == TRANSFER_ENCODING
+                || (name == CONTENT_LENGTH && !keep_lengths)
+            {
                 continue;
             }
-            let start = head.len();
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
-            if name == CONTENT_LENGTH {
-                lengths.add(value.as_bytes());
-                length_lines = if length_lines.is_empty() {
-                    start..head.len()
-                } else {
-                    length_lines.start..head.len()
-                };
-            }
         }
-        let declared = lengths.get();
-        if declared.is_none() {
-            head.drain(length_lines);
+        for part in framing_line {
+            head.extend_from_slice(part);
         }
-        let encoding = if body.is_end_stream() {
-            Encoding::Length(0)
-        } else if let Some(length) = declared {
-            Encoding::Length(length)
-        } else if let Some(length) = body.size_hint().exact() {
-            head.extend_from_slice(b"content-length: ");
-            head.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
-            head.extend_from_slice(b"\r\n");
-            Encoding::Length(length)
-        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
-            Encoding::Length(0)
-        } else {
-            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            Encoding::Chunked
-        };
         head.extend_from_slice(b"\r\n");
+        debug_assert_eq!(head.len(), size);
         let mut queue = VecDeque::with_capacity(4);
         queue.push_back(Bytes::from(head));
         Self {
@@ -529,42 +551,57 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         }
         let status = StatusCode::from_u16(code).map_err(|_| "the response status is invalid")?;
         let http11 = parsed.version == Some(1);
-        // The head copied out whole, and its values shared from the copy:
-        // the read buffer stays the connection's alone, to be reused.
-        let copy = Bytes::copy_from_slice(&read[..length]);
+        // Where each field's name and value are, for after the head is
+        // split off the buffer (httparse's slices borrow the buffer).
+        let mut places = [[0u32; 4]; MAX_HEADERS];
         let base = read.as_ptr() as usize;
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let offset = |part: &[u8]| (part.as_ptr() as usize).wrapping_sub(base);
         // The fields that frame the body, noted on the way.
         let mut lengths = Lengths::default();
         let (mut coded, mut chunked, mut close) = (false, false, false);
-        for field in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| "a response header name is invalid")?;
-            let bytes = field.value;
-            if name == CONTENT_LENGTH {
-                lengths.add(bytes);
-            } else if name == TRANSFER_ENCODING {
+        let count = parsed.headers.len();
+        for (field, place) in parsed.headers.iter().zip(&mut places) {
+            let (name, value) = (field.name.as_bytes(), field.value);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths.add(value);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // Only the last coding of the last field counts.
                 coded = true;
-                chunked = last_token_is(bytes, b"chunked");
-            } else if name == CONNECTION {
-                close |= has_token(bytes, b"close");
+                chunked = last_token_is(value, b"chunked");
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                close |= has_token(value, b"close");
             }
-            // httparse's slices point into `read`: the same place in the copy.
-            let value = if bytes.is_empty() {
+            // An empty value is taken as empty wherever its slice points.
+            let name_at = offset(name);
+            let value_at = if value.is_empty() { 0 } else { offset(value) };
+            let within =
+                |at: usize, len: usize| at.checked_add(len).is_some_and(|end| end <= length);
+            if !within(name_at, name.len()) || !within(value_at, value.len()) {
+                return Err("the response head is malformed");
+            }
+            // Within `length`, which is within MAX_HEAD_BYTES.
+            *place = [
+                name_at as u32,
+                (name_at + name.len()) as u32,
+                value_at as u32,
+                (value_at + value.len()) as u32,
+            ];
+        }
+        // The head shares the buffer (no copy); the buffer is whole again
+        // for the next read once the response's fields are dropped.
+        let head = read.split_to(length).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &[name_start, name_end, value_start, value_end] in &places[..count] {
+            let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+                .map_err(|_| "a response header name is invalid")?;
+            let value = if value_start == value_end {
                 HeaderValue::from_static("")
             } else {
-                let start = (bytes.as_ptr() as usize).wrapping_sub(base);
-                let end = start.saturating_add(bytes.len());
-                if end > copy.len() {
-                    return Err("the response head is malformed");
-                }
-                HeaderValue::from_maybe_shared(copy.slice(start..end))
+                HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                     .map_err(|_| "a response header value is invalid")?
             };
             headers.append(name, value);
         }
-        read.advance(length);
         // RFC 9112 6.3.
         let mut keep_alive = http11 && !close;
         let framing = if coded {

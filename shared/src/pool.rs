@@ -48,9 +48,15 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// A connection's stream: TCP, or TLS over it.
 type Stream = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>;
 
-/// A connection, boxed: with TLS's state it is large, and it moves from
-/// the pool to a request, into its response body and back.
-type Connection = Box<Conn<Stream>>;
+/// A connection and its origin, boxed: with TLS's state it is large, and
+/// it moves from the pool to a request, into its response body and back.
+type Connection = Box<Pooled>;
+
+/// A connection, and the origin it was opened to.
+struct Pooled {
+    conn: Conn<Stream>,
+    origin: Origin,
+}
 
 /// Why a request failed: while connecting, or on an open connection.
 #[derive(Debug)]
@@ -63,7 +69,6 @@ pub(crate) enum PoolError {
 
 /// One idle connection.
 struct Idle {
-    origin: Origin,
     conn: Connection,
     since: Instant,
 }
@@ -72,7 +77,7 @@ struct Idle {
 struct Origin {
     https: bool,
     authority: http::uri::Authority,
-    /// How much of the authority goes in `Host` (see [`Origin::host`]).
+    /// How much of the authority goes in `Host` (see [`Endpoint::host`]).
     host_len: usize,
 }
 
@@ -81,6 +86,36 @@ impl PartialEq for Origin {
     /// byte): every URI here was written by the proxy, in lower case.
     fn eq(&self, other: &Self) -> bool {
         self.https == other.https && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+/// A request's origin, borrowed from its URI (an [`Origin`] without the
+/// allocation a copy of the authority would cost on every request).
+struct Endpoint<'a> {
+    https: bool,
+    authority: &'a str,
+    /// `Host`: the host, and the port when it is not the scheme's default.
+    host: &'a str,
+}
+
+impl<'a> Endpoint<'a> {
+    /// As [`Origin::of`]; `None` also when `Host` would not be a valid
+    /// header value.
+    fn of(uri: &'a Uri) -> Option<Self> {
+        let origin = Origin::of(uri)?;
+        let authority = uri.authority()?.as_str();
+        let host = authority.get(..origin.host_len)?;
+        host.bytes()
+            .all(|byte| byte.is_ascii_graphic())
+            .then_some(Self {
+                https: origin.https,
+                authority,
+                host,
+            })
+    }
+
+    fn is(&self, origin: &Origin) -> bool {
+        self.https == origin.https && self.authority == origin.authority.as_str()
     }
 }
 
@@ -111,6 +146,7 @@ impl Origin {
 
     /// The `Host` header: the host, and the port when it is not the
     /// scheme's default (as hyper-util wrote it, without its `format!`).
+    #[cfg(test)]
     fn host(&self) -> &str {
         self.authority
             .as_str()
@@ -148,22 +184,27 @@ impl Pool {
         &self,
         request: Request<PoolBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let origin = Origin::of(request.uri())
-            .filter(|origin| origin.host().bytes().all(|byte| byte.is_ascii_graphic()))
+        let (parts, body) = request.into_parts();
+        let head_request = parts.method == http::Method::HEAD;
+        let uri = parts.uri;
+        let endpoint = Endpoint::of(&uri)
             .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
-        let uri = request.uri().clone();
-        let head_request = request.method() == http::Method::HEAD;
-        let mut upload = Some(Upload::new(request, origin.host()));
-        while let Some(mut conn) = self.checkout(&origin) {
+        let mut upload = Some(Upload::new(
+            &parts.method,
+            &uri,
+            &parts.headers,
+            body,
+            endpoint.host,
+        ));
+        drop(parts.headers);
+        while let Some(mut conn) = self.checkout(&endpoint) {
             let mut failed = None;
             let exchanged = std::future::poll_fn(|cx| {
-                h1::poll_exchange(&mut conn, &mut upload, &mut failed, cx)
+                h1::poll_exchange(&mut conn.conn, &mut upload, &mut failed, cx)
             })
             .await;
             match exchanged {
-                Ok(head) => {
-                    return Ok(self.pooled(head, head_request, upload, failed, conn, origin));
-                }
+                Ok(head) => return Ok(self.pooled(head, head_request, upload, failed, conn)),
                 // Nothing written: fal closed the idle connection first.
                 Err(_) if upload.as_ref().is_some_and(Upload::is_unstarted) => {}
                 Err(error) => return Err(PoolError::Request(error)),
@@ -174,18 +215,19 @@ impl Pool {
         // several times per request) that much larger.
         let mut conn = Box::pin(self.connect(uri)).await?;
         let mut failed = None;
-        let head =
-            std::future::poll_fn(|cx| h1::poll_exchange(&mut conn, &mut upload, &mut failed, cx))
-                .await
-                .map_err(PoolError::Request)?;
-        Ok(self.pooled(head, head_request, upload, failed, conn, origin))
+        let head = std::future::poll_fn(|cx| {
+            h1::poll_exchange(&mut conn.conn, &mut upload, &mut failed, cx)
+        })
+        .await
+        .map_err(PoolError::Request)?;
+        Ok(self.pooled(head, head_request, upload, failed, conn))
     }
 
-    /// The most recently used idle connection to `origin` on which nothing
-    /// has arrived since its last response. Those on which something has
-    /// (fal closed it, most often) are dropped, and expired ones from the
-    /// front on the way.
-    fn checkout(&self, origin: &Origin) -> Option<Connection> {
+    /// The most recently used idle connection to `endpoint` on which
+    /// nothing has arrived since its last response. Those on which
+    /// something has (fal closed it, most often) are dropped, and expired
+    /// ones from the front on the way.
+    fn checkout(&self, endpoint: &Endpoint<'_>) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while idle
@@ -197,13 +239,12 @@ impl Pool {
         let mut index = idle.len();
         while index > 0 {
             index -= 1;
-            if idle[index].origin != *origin {
+            if !endpoint.is(&idle[index].conn.origin) {
                 continue;
             }
-            let entry = idle.remove(index)?;
-            let mut conn = entry.conn;
-            if conn.is_open_and_quiet() {
-                return Some(conn);
+            let mut entry = idle.remove(index)?;
+            if entry.conn.conn.is_open_and_quiet() {
+                return Some(entry.conn);
             }
         }
         None
@@ -211,9 +252,14 @@ impl Pool {
 
     /// Opens a connection to `uri`'s origin.
     async fn connect(&self, uri: Uri) -> Result<Connection, PoolError> {
+        let origin = Origin::of(&uri)
+            .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
         let mut connector = self.connector.clone();
         let io = connector.call(uri).await.map_err(PoolError::Connect)?;
-        Ok(Box::new(Conn::new(TokioIo::new(io))))
+        Ok(Box::new(Pooled {
+            conn: Conn::new(TokioIo::new(io)),
+            origin,
+        }))
     }
 
     /// The response, with a body reading the rest from `conn`. A request
@@ -225,7 +271,6 @@ impl Pool {
         upload: Option<Upload>,
         write_failed: Option<WireError>,
         conn: Connection,
-        origin: Origin,
     ) -> Response<PooledBody> {
         let Head {
             response,
@@ -243,7 +288,7 @@ impl Pool {
             upload: if failed { None } else { upload },
             keep_alive: keep_alive && !failed,
             conn: Some(conn),
-            ret: Some((self.clone(), origin)),
+            pool: Some(self.clone()),
         };
         if body.decoder.is_done() {
             body.finish();
@@ -251,14 +296,13 @@ impl Pool {
         response.map(|()| body)
     }
 
-    fn put_back(&self, origin: Origin, conn: Connection) {
+    fn put_back(&self, conn: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= MAX_IDLE {
             // The oldest goes: it is the likeliest to be closed by now.
             idle.pop_front();
         }
         idle.push_back(Idle {
-            origin,
             conn,
             since: Instant::now(),
         });
@@ -274,7 +318,7 @@ pub struct PooledBody {
     upload: Option<Upload>,
     keep_alive: bool,
     conn: Option<Connection>,
-    ret: Option<(Pool, Origin)>,
+    pool: Option<Pool>,
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -291,24 +335,24 @@ impl PooledBody {
     /// The body has ended: the connection goes back to the pool if it
     /// can carry another request, once the request is written whole.
     fn finish(&mut self) {
-        let (Some(conn), Some((pool, origin))) = (self.conn.take(), self.ret.take()) else {
+        let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) else {
             return;
         };
-        if !self.keep_alive || !h1::read_nothing_more(&conn) {
+        if !self.keep_alive || !h1::read_nothing_more(&conn.conn) {
             return;
         }
         match self.upload.take() {
-            None => pool.put_back(origin, conn),
+            None => pool.put_back(conn),
             Some(mut upload) => {
                 // As hyper's connection task did: the upload goes on, and
                 // the connection is reused only once it is whole.
                 let mut conn = conn;
                 tokio::spawn(async move {
                     let written =
-                        std::future::poll_fn(|cx| h1::poll_upload(&mut conn, &mut upload, cx))
+                        std::future::poll_fn(|cx| h1::poll_upload(&mut conn.conn, &mut upload, cx))
                             .await;
-                    if written.is_ok() && h1::read_nothing_more(&conn) {
-                        pool.put_back(origin, conn);
+                    if written.is_ok() && h1::read_nothing_more(&conn.conn) {
+                        pool.put_back(conn);
                     }
                 });
             }
@@ -329,7 +373,7 @@ impl Body for PooledBody {
             return Poll::Ready(None);
         };
         if let Some(upload) = this.upload.as_mut() {
-            match h1::poll_upload(conn, upload, cx) {
+            match h1::poll_upload(&mut conn.conn, upload, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => this.upload = None,
                 Poll::Ready(Err(_)) => {
@@ -339,7 +383,7 @@ impl Body for PooledBody {
                 }
             }
         }
-        match h1::poll_body(conn, &mut this.decoder, cx) {
+        match h1::poll_body(&mut conn.conn, &mut this.decoder, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(data))) => {
                 if this.decoder.is_done() {
