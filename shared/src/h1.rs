@@ -40,8 +40,11 @@ const MAX_HEADERS: usize = 100;
 /// The largest response head read (as hyper's client).
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
-/// Read this much at a time.
+/// Read this much at a time at first, and at least.
 const READ_SIZE: usize = 8192;
+
+/// Read at most this much at a time (a long body's reads grow to it).
+const MAX_READ_SIZE: usize = 256 * 1024;
 
 /// At most this many bytes of chunk extensions and trailers in one body.
 const MAX_CHUNK_EXTRA: usize = 16 * 1024;
@@ -103,6 +106,10 @@ impl Error for WireError {
 pub(crate) struct Conn<T> {
     io: T,
     read: BytesMut,
+    /// How much the next read asks for: doubled after a read that filled
+    /// the room, halved after one that used under a quarter (as hyper's
+    /// adaptive reads), so a long body takes fewer system calls.
+    read_size: usize,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
@@ -110,6 +117,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         Self {
             io,
             read: BytesMut::new(),
+            read_size: READ_SIZE,
         }
     }
 
@@ -131,11 +139,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// Reads more into `self.read`; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // `reserve` takes the buffer back whole when nothing else holds a
-        // part of it (the response head is copied out for that reason).
-        if self.read.capacity() - self.read.len() < READ_SIZE / 8 {
-            self.read.reserve(READ_SIZE);
+        // part of it any more (the response's fields, its body's pieces).
+        let room = self.read.capacity() - self.read.len();
+        if room < self.read_size / 2 {
+            self.read.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+        let room = self.read.capacity() - self.read.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read
+        ))?;
+        if read >= room {
+            self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
+        } else if read < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_SIZE);
+        }
+        Poll::Ready(Ok(read))
     }
 }
 
