@@ -1112,3 +1112,73 @@ async fn an_early_413_reaches_the_caller_while_the_upload_goes_on() {
         drop(tx);
     }
 }
+
+// ---------------------------------------------------------------------------
+// 7. Attacks (review branch h1-attack).
+
+/// A body that yields `frames` (data or an error) and then ends, as
+/// `StreamBody` over an iterator does after an error (and as `Limited`,
+/// `Watched` and hyper's `Incoming` pass on whatever comes after theirs).
+fn frames_then_end(frames: Vec<Result<&'static str, &'static str>>) -> PoolBody {
+    let frames = frames.into_iter().map(|frame| {
+        frame
+            .map(|data| Frame::data(Bytes::from_static(data.as_bytes())))
+            .map_err(|error| -> BoxError { error.into() })
+    });
+    StreamBody::new(futures_util::stream::iter(frames)).boxed()
+}
+
+/// Whether `error`'s Debug output (the whole chain) names `what`.
+fn names(error: &str, what: &str) -> bool {
+    error.contains(what)
+}
+
+/// The request body fails before a byte of the request went out on a
+/// pooled connection (its first frames and its error were all ready at
+/// once). The pool must fail the request with the body's error. Instead it
+/// takes "nothing written" for "fal closed the idle connection", drops the
+/// connection, polls the failed body again on a new connection, takes its
+/// end for the end of the upload, and sends fal a complete chunked request
+/// with the truncated body: the browser gets fal's 200, not a 400.
+#[tokio::test]
+async fn attack_a_request_body_error_before_the_first_write_is_not_retried_as_complete() {
+    let first = vec![Step::Read, w(ok("first")), Step::Read, w(ok("reused"))];
+    let up = upstream(vec![first, answer("second")]).await;
+    let pool = pool();
+    // One idle connection to the origin.
+    assert_eq!(fetch_ok(&pool, get(&up.url("/"))).await.body, "first");
+    let body = frames_then_end(vec![Ok("abc"), Err("the browser's body broke")]);
+    let outcome = fetch(&pool, request("POST", &up.url("/upload"), &[], body)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let complete: Vec<Req> = (0..up.accepted())
+        .flat_map(|connection| up.requests(connection))
+        .filter(|request| request.line.starts_with("POST"))
+        .collect();
+    assert!(
+        complete.is_empty(),
+        "fal received a complete request from a failed body: {complete:?} (outcome {outcome:?})"
+    );
+    let error = outcome.expect_err("a failed request body was answered");
+    assert!(names(&error, "the browser's body broke"), "{error}");
+}
+
+/// The same with a declared content-length: the retry polls the failed
+/// body, takes its end for "shorter than the content-length", keeps that as
+/// a *write* failure and waits for a response head on a connection on
+/// which nothing was written: the exchange hangs until the head timeout
+/// (classified Timeout, not RequestBodyBroken).
+#[tokio::test]
+async fn attack_a_request_body_error_before_the_first_write_with_a_length_fails_at_once() {
+    let first = vec![Step::Read, w(ok("first")), Step::Read, w(ok("reused"))];
+    let up = upstream(vec![first, answer("second")]).await;
+    let pool = pool();
+    assert_eq!(fetch_ok(&pool, get(&up.url("/"))).await.body, "first");
+    let body = frames_then_end(vec![Ok("abc"), Err("the browser's body broke")]);
+    let length = [("content-length", "10")];
+    let outcome = fetch(&pool, request("POST", &up.url("/upload"), &length, body)).await;
+    let error = outcome.expect_err("a failed request body was answered");
+    assert!(
+        names(&error, "the browser's body broke"),
+        "not the body's error: {error}"
+    );
+}
