@@ -114,6 +114,8 @@ mod h1;
 mod pool;
 #[cfg(all(test, feature = "reqwest"))]
 mod pool_wire_tests;
+#[cfg(all(test, feature = "reqwest"))]
+mod h1_attack_fuzz;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "reqwest")]
