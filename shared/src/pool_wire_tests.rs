@@ -1182,3 +1182,65 @@ async fn attack_a_request_body_error_before_the_first_write_with_a_length_fails_
         "not the body's error: {error}"
     );
 }
+
+/// 204 and 304 (and any answer to HEAD) have no body by their status alone
+/// (RFC 9112 6.3 rules 1-2, before the framing fields are looked at); the
+/// usual 204 has no framing fields at all. h1 takes "no framing fields" for
+/// a close-delimited body first (keep_alive = false) and so never reuses the
+/// connection after such an answer; hyper's client did (its `decoder`
+/// returns a zero length for them before looking at the fields).
+/// Not a safety issue: a new connection (and TLS handshake) per such answer.
+#[tokio::test]
+async fn attack_a_bare_204_or_304_or_head_answer_keeps_the_connection() {
+    let cases = [
+        ("GET", "HTTP/1.1 204 No Content\r\n\r\n"),
+        ("GET", "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n"),
+        ("HEAD", "HTTP/1.1 200 OK\r\n\r\n"),
+    ];
+    let mut script = Vec::new();
+    for (_, bytes) in cases {
+        script.extend([Step::Read, w(bytes)]);
+    }
+    script.extend(answer("last"));
+    // Should a connection not be reused, the next ones answer anything.
+    let spare = || (0..4).flat_map(|_| answer("spare")).collect::<Vec<_>>();
+    let up = upstream(vec![script, spare(), spare(), spare()]).await;
+    let pool = pool();
+    for (method, _) in cases {
+        fetch_ok(&pool, request(method, &up.url("/"), &[], empty())).await;
+    }
+    fetch_ok(&pool, get(&up.url("/"))).await;
+    assert_eq!(up.accepted(), 1, "a connection was not reused");
+}
+
+/// The server-level case (`server/tests/h1_attack.rs`): the body's first
+/// poll is its error (hyper's server `Incoming` when the browser's first
+/// chunk is malformed), on a pooled connection. hyper's client wrote the
+/// head first and failed with the body's error (400 to the browser); h1
+/// polls the body before writing, sees nothing written, retries on a new
+/// connection, polls the failed body again, takes its end for the end of
+/// the upload and sends fal a complete empty chunked request (fal's 200 to
+/// the browser).
+#[tokio::test]
+async fn attack_a_request_body_failing_on_its_first_poll_on_a_pooled_connection_is_its_error() {
+    for length in [None, Some("10")] {
+        let first = vec![Step::Read, w(ok("first")), Step::Read, w(ok("reused"))];
+        let up = upstream(vec![first, answer("second")]).await;
+        let pool = pool();
+        assert_eq!(fetch_ok(&pool, get(&up.url("/"))).await.body, "first");
+        let body = frames_then_end(vec![Err("the browser's body broke")]);
+        let headers: Vec<(&str, &str)> = length.map(|l| ("content-length", l)).into_iter().collect();
+        let outcome = fetch(&pool, request("POST", &up.url("/upload"), &headers, body)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let complete: Vec<Req> = (0..up.accepted())
+            .flat_map(|connection| up.requests(connection))
+            .filter(|request| request.line.starts_with("POST"))
+            .collect();
+        assert!(
+            complete.is_empty(),
+            "{length:?}: fal received a complete request from a failed body: {complete:?} (outcome {outcome:?})"
+        );
+        let error = outcome.expect_err("a failed request body was answered");
+        assert!(names(&error, "the browser's body broke"), "{length:?}: {error}");
+    }
+}
