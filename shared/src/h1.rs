@@ -58,17 +58,25 @@ const MAX_QUEUED: usize = 16;
 #[derive(Debug)]
 pub struct WireError {
     what: &'static str,
+    /// The request body (the browser's side) failed, or did not match its
+    /// length: the exchange ends there, and is never tried again.
+    request_body: bool,
     source: Option<BoxError>,
 }
 
 impl WireError {
     fn new(what: &'static str) -> Self {
-        Self { what, source: None }
+        Self {
+            what,
+            request_body: false,
+            source: None,
+        }
     }
 
     fn io(what: &'static str, error: io::Error) -> Self {
         Self {
             what,
+            request_body: false,
             source: Some(Box::new(error)),
         }
     }
@@ -76,14 +84,23 @@ impl WireError {
     fn body(error: BoxError) -> Self {
         Self {
             what: "request body failed",
+            request_body: true,
             source: Some(error),
         }
     }
 
-    /// Whether the request body (the browser's side) failed, rather than
-    /// the connection.
-    fn is_request_body(&self) -> bool {
-        self.what == "request body failed"
+    fn body_length(what: &'static str) -> Self {
+        Self {
+            what,
+            request_body: true,
+            source: None,
+        }
+    }
+
+    /// Whether the request body failed or did not match its length, rather
+    /// than the connection: such a request is never sent again elsewhere.
+    pub(crate) fn is_request_body(&self) -> bool {
+        self.request_body
     }
 }
 
@@ -427,7 +444,7 @@ impl Upload {
                 self.body_done = true;
                 match self.encoding {
                     Encoding::Length(0) => Ok(()),
-                    Encoding::Length(_) => Err(WireError::new(
+                    Encoding::Length(_) => Err(WireError::body_length(
                         "the request body ended before its content-length",
                     )),
                     Encoding::Chunked => {
@@ -448,7 +465,7 @@ impl Upload {
                     Encoding::Length(left) => {
                         let length = data.len() as u64;
                         if length > *left {
-                            return Err(WireError::new(
+                            return Err(WireError::body_length(
                                 "the request body is longer than its content-length",
                             ));
                         }
@@ -475,8 +492,19 @@ pub(crate) struct Head {
     pub(crate) response: Response<()>,
     pub(crate) framing: Framing,
     /// Whether the connection may carry another request once this
-    /// response has been read to its end.
-    pub(crate) keep_alive: bool,
+    /// response has been read to its end (HTTP/1.1, no `connection:
+    /// close`, no length beside a transfer coding), if its framing allows:
+    /// a body read to the close does not.
+    pub(crate) persistent: bool,
+}
+
+impl Head {
+    /// Whether the connection may carry another request once this response
+    /// has been read to its end; `no_body` when it has none whatever its
+    /// headers say (see [`has_no_body`]).
+    pub(crate) fn keep_alive(&self, no_body: bool) -> bool {
+        self.persistent && (no_body || self.framing != Framing::Close)
+    }
 }
 
 /// Where a response body ends.
@@ -623,7 +651,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
             headers.append(name, value);
         }
         // RFC 9112 6.3.
-        let mut keep_alive = http11 && !close;
+        let mut persistent = http11 && !close;
         let framing = if coded {
             if !http11 {
                 return Err("transfer-encoding on an HTTP/1.0 response");
@@ -632,7 +660,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
                 // The transfer coding frames the body: a length beside it
                 // is wrong, goes, and the connection is not trusted after.
                 headers.remove(CONTENT_LENGTH);
-                keep_alive = false;
+                persistent = false;
             }
             if chunked {
                 Framing::Chunked
@@ -648,9 +676,6 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         } else {
             Framing::Close
         };
-        if framing == Framing::Close {
-            keep_alive = false;
-        }
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = if http11 {
@@ -662,7 +687,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         return Ok(Some(Head {
             response,
             framing,
-            keep_alive,
+            persistent,
         }));
     }
 }

@@ -110,12 +110,12 @@ mod body;
 mod drain;
 #[cfg(feature = "reqwest")]
 mod h1;
+#[cfg(all(test, feature = "reqwest"))]
+mod h1_random_tests;
 #[cfg(feature = "reqwest")]
 mod pool;
 #[cfg(all(test, feature = "reqwest"))]
 mod pool_wire_tests;
-#[cfg(all(test, feature = "reqwest"))]
-mod h1_attack_fuzz;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "reqwest")]

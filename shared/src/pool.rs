@@ -206,7 +206,10 @@ impl Pool {
             match exchanged {
                 Ok(head) => return Ok(self.pooled(head, head_request, upload, failed, conn)),
                 // Nothing written: fal closed the idle connection first.
-                Err(_) if upload.as_ref().is_some_and(Upload::is_unstarted) => {}
+                // Not when the browser's body failed: that ends the request.
+                Err(error)
+                    if !error.is_request_body()
+                        && upload.as_ref().is_some_and(Upload::is_unstarted) => {}
                 Err(error) => return Err(PoolError::Request(error)),
             }
         }
@@ -272,16 +275,16 @@ impl Pool {
         write_failed: Option<WireError>,
         conn: Connection,
     ) -> Response<PooledBody> {
-        let Head {
-            response,
-            framing,
-            keep_alive,
-        } = head;
-        let decoder = if h1::has_no_body(head_request, response.status()) {
-            Decoder::new(h1::Framing::Length(0))
+        // A body read to the close leaves nothing to reuse; an answer with
+        // no body at all (to `HEAD`, a 204, a 304) needs no framing.
+        let no_body = h1::has_no_body(head_request, head.response.status());
+        let keep_alive = head.keep_alive(no_body);
+        let decoder = Decoder::new(if no_body {
+            h1::Framing::Length(0)
         } else {
-            Decoder::new(framing)
-        };
+            head.framing
+        });
+        let response = head.response;
         let failed = write_failed.is_some();
         let mut body = PooledBody {
             decoder,

@@ -1141,7 +1141,7 @@ fn names(error: &str, what: &str) -> bool {
 /// end for the end of the upload, and sends fal a complete chunked request
 /// with the truncated body: the browser gets fal's 200, not a 400.
 #[tokio::test]
-async fn attack_a_request_body_error_before_the_first_write_is_not_retried_as_complete() {
+async fn a_request_body_error_before_the_first_write_is_not_retried_as_complete() {
     let first = vec![Step::Read, w(ok("first")), Step::Read, w(ok("reused"))];
     let up = upstream(vec![first, answer("second")]).await;
     let pool = pool();
@@ -1168,7 +1168,7 @@ async fn attack_a_request_body_error_before_the_first_write_is_not_retried_as_co
 /// which nothing was written: the exchange hangs until the head timeout
 /// (classified Timeout, not RequestBodyBroken).
 #[tokio::test]
-async fn attack_a_request_body_error_before_the_first_write_with_a_length_fails_at_once() {
+async fn a_request_body_error_before_the_first_write_with_a_length_fails_at_once() {
     let first = vec![Step::Read, w(ok("first")), Step::Read, w(ok("reused"))];
     let up = upstream(vec![first, answer("second")]).await;
     let pool = pool();
@@ -1191,7 +1191,7 @@ async fn attack_a_request_body_error_before_the_first_write_with_a_length_fails_
 /// returns a zero length for them before looking at the fields).
 /// Not a safety issue: a new connection (and TLS handshake) per such answer.
 #[tokio::test]
-async fn attack_a_bare_204_or_304_or_head_answer_keeps_the_connection() {
+async fn a_bare_204_or_304_or_head_answer_keeps_the_connection() {
     let cases = [
         ("GET", "HTTP/1.1 204 No Content\r\n\r\n"),
         ("GET", "HTTP/1.1 304 Not Modified\r\netag: \"x\"\r\n\r\n"),
@@ -1222,14 +1222,15 @@ async fn attack_a_bare_204_or_304_or_head_answer_keeps_the_connection() {
 /// the upload and sends fal a complete empty chunked request (fal's 200 to
 /// the browser).
 #[tokio::test]
-async fn attack_a_request_body_failing_on_its_first_poll_on_a_pooled_connection_is_its_error() {
+async fn a_request_body_failing_on_its_first_poll_on_a_pooled_connection_is_its_error() {
     for length in [None, Some("10")] {
         let first = vec![Step::Read, w(ok("first")), Step::Read, w(ok("reused"))];
         let up = upstream(vec![first, answer("second")]).await;
         let pool = pool();
         assert_eq!(fetch_ok(&pool, get(&up.url("/"))).await.body, "first");
         let body = frames_then_end(vec![Err("the browser's body broke")]);
-        let headers: Vec<(&str, &str)> = length.map(|l| ("content-length", l)).into_iter().collect();
+        let headers: Vec<(&str, &str)> =
+            length.map(|l| ("content-length", l)).into_iter().collect();
         let outcome = fetch(&pool, request("POST", &up.url("/upload"), &headers, body)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         let complete: Vec<Req> = (0..up.accepted())
@@ -1241,6 +1242,9 @@ async fn attack_a_request_body_failing_on_its_first_poll_on_a_pooled_connection_
             "{length:?}: fal received a complete request from a failed body: {complete:?} (outcome {outcome:?})"
         );
         let error = outcome.expect_err("a failed request body was answered");
-        assert!(names(&error, "the browser's body broke"), "{length:?}: {error}");
+        assert!(
+            names(&error, "the browser's body broke"),
+            "{length:?}: {error}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Review branch h1-attack: the server binary against a keep-alive upstream,
-//! for what the pool's own tests cannot show end to end.
+//! The server binary against a keep-alive upstream, for what the pool's
+//! own tests cannot show end to end.
 
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -34,7 +34,12 @@ async fn start(env: &[(&str, &str)]) -> Server {
         while let Some(line) = lines.next_line().await.expect("line") {
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let authority = rest.split([' ', '/']).next().expect("authority");
-                return authority.rsplit(':').next().expect("port").parse().expect("port");
+                return authority
+                    .rsplit(':')
+                    .next()
+                    .expect("port")
+                    .parse()
+                    .expect("port");
             }
         }
         panic!("server exited");
@@ -42,7 +47,10 @@ async fn start(env: &[(&str, &str)]) -> Server {
     .await
     .expect("listens");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server { _child: child, port }
+    Server {
+        _child: child,
+        port,
+    }
 }
 
 /// A keep-alive upstream that answers `200 ok` to every complete request
@@ -94,7 +102,9 @@ async fn keep_alive_upstream() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
 }
 
 async fn exchange(port: u16, bytes: &[u8]) -> String {
-    let mut browser = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut browser = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     browser.write_all(bytes).await.expect("write");
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), browser.read_to_end(&mut answer)).await;
@@ -112,7 +122,7 @@ fn request(extra: &str) -> String {
 /// chunked body must still be a 400, and fal must never receive a complete
 /// request made of what came before the bad chunk.
 #[tokio::test]
-async fn attack_a_malformed_browser_body_on_a_warm_pool_is_a_400_and_never_reaches_fal_complete() {
+async fn a_malformed_browser_body_on_a_warm_pool_is_a_400_and_never_reaches_fal_complete() {
     let (fal, seen) = keep_alive_upstream().await;
     let server = start(&[("FAL_KEY", KEY), ("FAL_PROXY_UPSTREAM", &fal)]).await;
     let mut outcomes = Vec::new();
@@ -133,7 +143,13 @@ async fn attack_a_malformed_browser_body_on_a_warm_pool_is_a_400_and_never_reach
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let all = seen.lock().expect("lock").clone();
-    eprintln!("connections {}: {:?}", all.len(), all.iter().map(|b| String::from_utf8_lossy(b).matches("POST").count()).collect::<Vec<_>>());
+    eprintln!(
+        "connections {}: {:?}",
+        all.len(),
+        all.iter()
+            .map(|b| String::from_utf8_lossy(b).matches("POST").count())
+            .collect::<Vec<_>>()
+    );
     let complete: Vec<String> = all
         .iter()
         .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
