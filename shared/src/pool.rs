@@ -28,6 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -52,10 +53,19 @@ type Stream = TokioIo<hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStre
 /// it moves from the pool to a request, into its response body and back.
 type Connection = Box<Pooled>;
 
-/// A connection, and the origin it was opened to.
+/// A connection, the origin it was opened to, and its timer for the
+/// response head.
+///
+/// The timer stays set between requests and is moved to each request's
+/// deadline. tokio moves a set timer to a later time with one atomic
+/// operation, where a new timer per request (`tokio::time::timeout`) is
+/// put into the timer wheel and taken out again, under its lock: about
+/// 1,400 instructions a request. A timer left set on an idle connection
+/// may wake the task of its last request once, harmlessly.
 struct Pooled {
     conn: Conn<Stream>,
     origin: Origin,
+    head_timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Why a request failed: while connecting, or on an open connection.
@@ -65,6 +75,8 @@ pub(crate) enum PoolError {
     Connect(crate::body::BoxError),
     /// The exchange on an open connection failed.
     Request(WireError),
+    /// No response head by the deadline.
+    Timeout,
 }
 
 /// One idle connection.
@@ -168,6 +180,9 @@ pub(crate) struct Pool {
     /// Oldest first: connections go back at the end and are taken from
     /// the end (the most recently used, which stay warm); the front expires.
     idle: Arc<Mutex<VecDeque<Idle>>>,
+    /// How long a request may wait for its response head, connecting
+    /// included.
+    head_timeout: Duration,
 }
 
 impl Pool {
@@ -175,15 +190,25 @@ impl Pool {
         Self {
             connector,
             idle: Arc::new(Mutex::new(VecDeque::new())),
+            head_timeout: crate::config::DEFAULT_TIMEOUT,
         }
     }
 
+    /// The pool with `head_timeout` for the response head of each request.
+    pub(crate) fn with_head_timeout(mut self, head_timeout: Duration) -> Self {
+        self.head_timeout = head_timeout;
+        self
+    }
+
     /// Sends `request` (absolute URI) on an idle connection to its origin,
-    /// or on a new one, and returns the response head.
+    /// or on a new one, and returns the response head, or
+    /// [`PoolError::Timeout`] when it has not come within the pool's head
+    /// timeout (connecting included).
     pub(crate) async fn send(
         &self,
         request: Request<PoolBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let deadline = tokio::time::Instant::now() + self.head_timeout;
         let (parts, body) = request.into_parts();
         let head_request = parts.method == http::Method::HEAD;
         let uri = parts.uri;
@@ -199,30 +224,26 @@ impl Pool {
         drop(parts.headers);
         while let Some(mut conn) = self.checkout(&endpoint) {
             let mut failed = None;
-            let exchanged = std::future::poll_fn(|cx| {
-                h1::poll_exchange(&mut conn.conn, &mut upload, &mut failed, cx)
-            })
-            .await;
-            match exchanged {
+            match exchange(&mut conn, &mut upload, &mut failed, deadline).await {
                 Ok(head) => return Ok(self.pooled(head, head_request, upload, failed, conn)),
                 // Nothing written: fal closed the idle connection first.
                 // Not when the browser's body failed: that ends the request.
-                Err(error)
+                Err(PoolError::Request(error))
                     if !error.is_request_body()
                         && upload.as_ref().is_some_and(Upload::is_unstarted) => {}
-                Err(error) => return Err(PoolError::Request(error)),
+                Err(error) => return Err(error),
             }
         }
         // Boxed: the connect path's state is large and rarely needed, and
         // it would otherwise make every request's future (moved about
         // several times per request) that much larger.
-        let mut conn = Box::pin(self.connect(uri)).await?;
+        let connect = Box::pin(tokio::time::timeout_at(
+            deadline,
+            self.connect(uri, deadline),
+        ));
+        let mut conn = connect.await.map_err(|_elapsed| PoolError::Timeout)??;
         let mut failed = None;
-        let head = std::future::poll_fn(|cx| {
-            h1::poll_exchange(&mut conn.conn, &mut upload, &mut failed, cx)
-        })
-        .await
-        .map_err(PoolError::Request)?;
+        let head = exchange(&mut conn, &mut upload, &mut failed, deadline).await?;
         Ok(self.pooled(head, head_request, upload, failed, conn))
     }
 
@@ -253,8 +274,12 @@ impl Pool {
         None
     }
 
-    /// Opens a connection to `uri`'s origin.
-    async fn connect(&self, uri: Uri) -> Result<Connection, PoolError> {
+    /// Opens a connection to `uri`'s origin, its head timer set to `deadline`.
+    async fn connect(
+        &self,
+        uri: Uri,
+        deadline: tokio::time::Instant,
+    ) -> Result<Connection, PoolError> {
         let origin = Origin::of(&uri)
             .ok_or_else(|| PoolError::Connect("the upstream URL has no http(s) origin".into()))?;
         let mut connector = self.connector.clone();
@@ -262,6 +287,7 @@ impl Pool {
         Ok(Box::new(Pooled {
             conn: Conn::new(TokioIo::new(io)),
             origin,
+            head_timer: Box::pin(tokio::time::sleep_until(deadline)),
         }))
     }
 
@@ -310,6 +336,28 @@ impl Pool {
             since: Instant::now(),
         });
     }
+}
+
+/// Writes the request on `conn` and reads the response head, by
+/// `deadline` (the connection's timer, moved to it).
+async fn exchange(
+    conn: &mut Connection,
+    upload: &mut Option<Upload>,
+    failed: &mut Option<WireError>,
+    deadline: tokio::time::Instant,
+) -> Result<Head, PoolError> {
+    let Pooled {
+        conn, head_timer, ..
+    } = &mut **conn;
+    head_timer.as_mut().reset(deadline);
+    std::future::poll_fn(|cx| match h1::poll_exchange(conn, upload, failed, cx) {
+        Poll::Ready(done) => Poll::Ready(done.map_err(PoolError::Request)),
+        Poll::Pending => match head_timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(PoolError::Timeout)),
+            Poll::Pending => Poll::Pending,
+        },
+    })
+    .await
 }
 
 /// A response body, read from its connection; the connection goes back to
@@ -725,5 +773,87 @@ mod tests {
             body_of(pool.send(get(&format!("{origin}/d"))).await.unwrap()).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An upstream on one connection that answers `/ok` at once and never
+    /// answers `/hang`.
+    async fn answers_ok_only() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let hang = line.starts_with("GET /hang ");
+                        while line != "\r\n" {
+                            line.clear();
+                            if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        if hang {
+                            // Holds the connection open, unanswered.
+                            std::future::pending::<()>().await;
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (origin, accepted)
+    }
+
+    /// The head timer a connection keeps between requests is moved to each
+    /// request's deadline: a reused connection still times out, and a timer
+    /// that went off while the connection sat idle does not cut the next
+    /// request short.
+    #[tokio::test]
+    async fn the_head_timeout_holds_on_reused_connections() {
+        let (origin, accepted) = answers_ok_only().await;
+        let pool = pool().with_head_timeout(Duration::from_millis(300));
+        assert_eq!(
+            body_of(pool.send(get(&format!("{origin}/ok"))).await.unwrap()).await,
+            "ok"
+        );
+        // Idle past the deadline of the first request: its timer goes off.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(
+            body_of(pool.send(get(&format!("{origin}/ok"))).await.unwrap()).await,
+            "ok"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused");
+        // Well within the deadline again, on the same connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            body_of(pool.send(get(&format!("{origin}/ok"))).await.unwrap()).await,
+            "ok"
+        );
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(3),
+            pool.send(get(&format!("{origin}/hang"))),
+        )
+        .await
+        .expect("the head timeout did not fire");
+        let waited = started.elapsed();
+        assert!(matches!(outcome, Err(PoolError::Timeout)), "{outcome:?}");
+        assert!(waited >= Duration::from_millis(290), "{waited:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the hung request was on the reused connection"
+        );
     }
 }

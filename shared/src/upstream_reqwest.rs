@@ -96,7 +96,7 @@ impl ReqwestUpstream {
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT);
         let direct = match config.egress_proxy() {
-            None => Some(direct_client()?),
+            None => Some(direct_client()?.with_head_timeout(config.timeout())),
             Some(egress) => {
                 let except = egress.no_proxy().and_then(reqwest::NoProxy::from_string);
                 if let Some(url) = egress.https() {
@@ -130,11 +130,11 @@ impl ReqwestUpstream {
                 .headers_mut()
                 .insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
         }
-        match tokio::time::timeout(self.head_timeout, pool.send(request)).await {
-            Err(_elapsed) => Err(UpstreamError::Timeout),
-            Ok(Err(PoolError::Connect(error))) => Err(classify(&*error, true, false)),
-            Ok(Err(PoolError::Request(error))) => Err(classify(&error, false, false)),
-            Ok(Ok(response)) => Ok(response.map(reqwest::Body::wrap)),
+        match pool.send(request).await {
+            Err(PoolError::Timeout) => Err(UpstreamError::Timeout),
+            Err(PoolError::Connect(error)) => Err(classify(&*error, true, false)),
+            Err(PoolError::Request(error)) => Err(classify(&error, false, false)),
+            Ok(response) => Ok(response.map(reqwest::Body::wrap)),
         }
     }
 }
