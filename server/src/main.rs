@@ -32,6 +32,7 @@
 
 mod connections;
 mod playground;
+mod timer;
 
 use connections::{AcceptErrors, Connections, InFlight};
 use fal_proxy_core::{
@@ -41,7 +42,7 @@ use fal_proxy_core::{
 };
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -154,7 +155,7 @@ async fn run() -> Result<(), String> {
     tokio::spawn(heartbeat());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    http.timer(timer::RecyclingTimer)
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut accept_errors = AcceptErrors::default();
