@@ -610,14 +610,32 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         let count = parsed.headers.len();
         for (field, place) in parsed.headers.iter().zip(&mut places) {
             let (name, value) = (field.name.as_bytes(), field.value);
+            // Fields that only framed this connection never cross the proxy
+            // (the core drops them too): they are read here and not put in
+            // the map. A `connection` naming other fields stays, for the
+            // core to drop those.
+            let mut only_this_hop = false;
             if name.eq_ignore_ascii_case(b"content-length") {
                 lengths.add(value);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 // Only the last coding of the last field counts.
                 coded = true;
                 chunked = last_token_is(value, b"chunked");
+                only_this_hop = true;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 close |= has_token(value, b"close");
+                only_this_hop = value.split(|&byte| byte == b',').all(|token| {
+                    let token = trim(token);
+                    token.eq_ignore_ascii_case(b"keep-alive")
+                        || token.eq_ignore_ascii_case(b"close")
+                });
+            } else if name.eq_ignore_ascii_case(b"keep-alive") {
+                only_this_hop = true;
+            }
+            if only_this_hop {
+                // Marked by an empty name: no field has one.
+                *place = [0; 4];
+                continue;
             }
             // An empty value is taken as empty wherever its slice points.
             let name_at = offset(name);
@@ -640,6 +658,9 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
         let head = read.split_to(length).freeze();
         let mut headers = HeaderMap::with_capacity(count);
         for &[name_start, name_end, value_start, value_end] in &places[..count] {
+            if name_start == name_end {
+                continue;
+            }
             let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
                 .map_err(|_| "a response header name is invalid")?;
             let value = if value_start == value_end {

@@ -51,18 +51,22 @@ pub(crate) fn upstream_request_headers(
     authorization: &HeaderValue,
     client_proxy: &HeaderValue,
 ) -> HeaderMap {
-    // Room for what is added here and later without the map regrowing
-    // (a rehash and a copy): `authorization` and `x-fal-client-proxy` here,
-    // `accept` and `host` by the upstream, and the entry hyper looks up for
-    // the body's framing (its lookup reserves a slot first).
-    let mut out = HeaderMap::with_capacity(incoming.keys_len() + 5);
     let hop_by_hop = connection_named(incoming);
-    for (name, value) in incoming {
-        let wanted = (FORWARDED_REQUEST_HEADERS.contains(name)
+    let wanted = |name: &HeaderName| {
+        (FORWARDED_REQUEST_HEADERS.contains(name)
             || (name.as_str().starts_with("x-fal-")
                 && !PROXY_ONLY_HEADERS.contains(&name.as_str())))
-            && !hop_by_hop.contains(name);
-        if wanted {
+            && !hop_by_hop.contains(name)
+    };
+    // Room for what goes, and what is added here and later without the map
+    // regrowing (a rehash and a copy): `authorization` and
+    // `x-fal-client-proxy` here, `accept` by the native upstream. Sized to
+    // what goes rather than to what came, the map of a usual request stays
+    // small enough for the allocator's fast path.
+    let forwarded = incoming.keys().filter(|name| wanted(name)).count();
+    let mut out = HeaderMap::with_capacity(forwarded + 3);
+    for (name, value) in incoming {
+        if wanted(name) {
             out.append(name.clone(), value.clone());
         }
     }
