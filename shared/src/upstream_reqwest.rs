@@ -1,7 +1,7 @@
-//! The upstream of the native targets: hyper's HTTP/1.1 client connections
-//! over rustls, in the crate's own pool ([`crate::pool`]), for fal
-//! requests; reqwest (same TLS settings) for an egress proxy from the
-//! environment and for the auth provider's key set.
+//! The upstream of the native targets: the crate's own HTTP/1.1 client
+//! connections ([`crate::h1`]) over rustls, in its own pool
+//! ([`crate::pool`]), for fal requests; reqwest (same TLS settings) for an
+//! egress proxy from the environment and for the auth provider's key set.
 
 use crate::auth::{KEY_SET_TIMEOUT, KeySetDocument, KeySetError, KeySetSource, MAX_KEY_SET_BYTES};
 use crate::body::{BoxError, is_body_limit_error, limit_body};
@@ -31,13 +31,15 @@ const POOL_IDLE_TIMEOUT: Duration = crate::pool::IDLE_TIMEOUT;
 /// says `FAL_PROXY_USE_ENV_PROXY=1`: then the `HTTPS_PROXY`, `HTTP_PROXY`
 /// and `NO_PROXY` it read.
 ///
-/// fal requests go through hyper's HTTP/1.1 client connections and a pool
-/// of our own ([`crate::pool`]): reqwest's layers (a URL parsed from the
-/// request's URI and again for its redirect policy, default headers, boxed
-/// futures) cost about a quarter of the proxy's own instructions per
-/// request, and hyper-util's pool a sixth of what was left. reqwest stays
-/// for what hyper does not do (egress through an environment proxy) and
-/// for the auth key set.
+/// fal requests go through HTTP/1.1 client connections and a pool of our
+/// own ([`crate::h1`], [`crate::pool`]): reqwest's layers (a URL parsed
+/// from the request's URI and again for its redirect policy, default
+/// headers, boxed futures) cost about a quarter of the proxy's own
+/// instructions per request, hyper-util's pool a sixth of what was left,
+/// and hyper's client connections (a task each, channels for the request,
+/// the response and both bodies) about a sixth again. reqwest stays for
+/// what the pool does not do (egress through an environment proxy) and for
+/// the auth key set.
 #[derive(Clone)]
 pub struct ReqwestUpstream {
     client: reqwest::Client,
