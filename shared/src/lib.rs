@@ -116,6 +116,8 @@ mod h1_random_tests;
 mod pool;
 #[cfg(all(test, feature = "reqwest"))]
 mod pool_wire_tests;
+#[cfg(all(test, feature = "reqwest"))]
+mod attack2_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "reqwest")]

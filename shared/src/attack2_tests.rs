@@ -1,0 +1,162 @@
+//! Review of the commits after e93ce81 (attack2): failing tests for what
+//! was found.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::body::BoxError;
+use crate::pool::{Pool, PoolBody, PoolError};
+use bytes::Bytes;
+use http::Request;
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn pool(head_timeout: Duration) -> Pool {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::upstream_reqwest::direct_client()
+        .unwrap()
+        .with_head_timeout(head_timeout)
+}
+
+fn get(url: &str) -> Request<PoolBody> {
+    Request::get(url)
+        .body(Empty::new().map_err(|never| match never {}).boxed())
+        .unwrap()
+}
+
+/// Reads a request head (up to the blank line) from a blocking stream.
+fn read_head(stream: &mut std::net::TcpStream) {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).unwrap_or(0) == 0 {
+            return;
+        }
+        seen.push(byte[0]);
+    }
+}
+
+/// An upstream (plain threads, so it runs at full speed whatever the test's
+/// runtime does) that reads one request head and then writes interim
+/// `100 Continue` responses without end, never a final response.
+fn endless_interim_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                read_head(&mut stream);
+                let interim = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(4096);
+                while stream.write_all(&interim).is_ok() {}
+            });
+        }
+    });
+    origin
+}
+
+/// An upstream that reads (and discards) everything sent to it and never
+/// answers.
+fn black_hole_upstream() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buffer = vec![0u8; 1 << 16];
+                while stream.read(&mut buffer).unwrap_or(0) > 0 {}
+            });
+        }
+    });
+    origin
+}
+
+/// The head timeout must hold however fast the upstream sends bytes that
+/// are not a final head. Before d3417c8 it was `tokio::time::timeout`,
+/// which polls its timer outside tokio's cooperative budget when the inner
+/// future used the budget up; the connection's own `Sleep`, polled after
+/// `poll_exchange` in the same task, is subject to the budget: once 128
+/// ready reads have used it up, the timer answers `Pending` (and wakes the
+/// task) on every poll, so it never fires and the task spins.
+#[tokio::test]
+async fn head_timeout_fires_while_the_upstream_streams_interim_responses() {
+    let origin = endless_interim_upstream();
+    let pool = pool(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    // The guard is the same kind of timer the code used before d3417c8.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(5),
+        pool.send(get(&format!("{origin}/x"))),
+    )
+    .await;
+    let waited = started.elapsed();
+    match outcome {
+        Ok(Err(PoolError::Timeout)) => {}
+        Ok(other) => panic!("not a timeout: {other:?}"),
+        Err(_) => panic!(
+            "the 300 ms head timeout had not fired after {waited:?} (the outer \
+             tokio::time::timeout, like the code before d3417c8, did)"
+        ),
+    }
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+/// The same from the request side: a request body that is always ready (a
+/// buffered body of many small frames) and an upstream that reads it all and
+/// never answers. The upload's writes use the budget up; the head timer is
+/// then never let fire while the upload lasts.
+#[tokio::test]
+async fn head_timeout_fires_while_an_always_ready_upload_is_written() {
+    let origin = black_hole_upstream();
+    let pool = pool(Duration::from_millis(300));
+    // Endless, always ready, chunked (no length).
+    let frames = futures_util::stream::repeat_with(|| {
+        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x")))
+    });
+    let body: PoolBody = StreamBody::new(frames).boxed();
+    let request = Request::post(format!("{origin}/upload"))
+        .body(body)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), pool.send(request)).await;
+    let waited = started.elapsed();
+    match outcome {
+        Ok(Err(PoolError::Timeout)) => {}
+        Ok(other) => panic!("not a timeout: {other:?}"),
+        Err(_) => panic!("the 300 ms head timeout had not fired after {waited:?}"),
+    }
+}
+
+/// `Connection: close` names the connection option `close`; the core drops
+/// every field a `Connection` field names (`connection_named` skips only
+/// `keep-alive`), so a field called `Close` never reached the browser while
+/// the `connection` field was in the map. e1f0701 leaves a `connection`
+/// naming only keep-alive/close out of the map, and with it the core's only
+/// way to know `close` was named: the `close` field now goes through.
+#[tokio::test]
+async fn a_field_named_by_connection_close_is_still_dropped() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        while stream.read_line(&mut line).await.unwrap_or(0) > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let answer = "HTTP/1.1 200 OK\r\nConnection: close\r\nClose: secret\r\n\
+                      Keep-Alive: timeout=5\r\ncontent-length: 2\r\n\r\nok";
+        let _ = stream.write_all(answer.as_bytes()).await;
+    });
+    let pool = pool(Duration::from_secs(5));
+    let response = pool.send(get(&format!("{origin}/x"))).await.unwrap();
+    let mut headers = response.headers().clone();
+    crate::headers::filter_response_headers(&mut headers);
+    assert!(
+        !headers.contains_key("close"),
+        "a field named by `Connection: close` reaches the browser: {headers:?}"
+    );
+}
