@@ -945,3 +945,7 @@ pub(crate) fn poll_upload<T: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) fn read_nothing_more<T>(conn: &Conn<T>) -> bool {
     conn.read.is_empty()
 }
+
+#[cfg(test)]
+#[path = "h1_attack2_tests.rs"]
+mod attack2_tests;
