@@ -32,6 +32,12 @@ thread_local! {
 pub struct RecyclingTimer;
 
 impl Timer for RecyclingTimer {
+    /// tokio's clock, as hyper-util's `TokioTimer` (it differs from the
+    /// system's only while tokio's time is paused, in tests).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
         self.sleep_until(Instant::now() + duration)
     }

@@ -1,4 +1,4 @@
-//! attack2: hyper's 30 s header-read timeout on server/src/timer.rs's
+//! hyper's 30 s header-read timeout on server/src/timer.rs's
 //! recycled timers, against the real binary: a connection idle between
 //! keep-alive requests, one trickling its head from the start, and one
 //! trickling a head that starts 15 s later (its timer likely one recycled
@@ -30,7 +30,12 @@ async fn start() -> (Child, u16) {
         while let Some(line) = lines.next_line().await.expect("stderr line") {
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let authority = rest.split([' ', '/']).next().expect("authority");
-                return authority.rsplit(':').next().expect("port").parse::<u16>().expect("port");
+                return authority
+                    .rsplit(':')
+                    .next()
+                    .expect("port")
+                    .parse::<u16>()
+                    .expect("port");
             }
         }
         panic!("server exited before listening");
@@ -48,7 +53,11 @@ async fn request(stream: &mut TcpStream, port: u16) {
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
     while !seen.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).await.expect("read"), 1, "closed early");
+        assert_eq!(
+            stream.read(&mut byte).await.expect("read"),
+            1,
+            "closed early"
+        );
         seen.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
@@ -79,7 +88,10 @@ async fn closed_at(mut stream: TcpStream, limit: Duration) -> Option<Instant> {
 /// closes the connection (or `limit`); when it did.
 async fn trickle_until_closed(stream: TcpStream, limit: Duration) -> Option<Instant> {
     let (mut read, mut write) = stream.into_split();
-    let bytes = b"GET /x HTTP/1.1\r\nx-a: ".iter().copied().chain(std::iter::repeat(b'a'));
+    let bytes = b"GET /x HTTP/1.1\r\nx-a: "
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(b'a'));
     let writer = tokio::spawn(async move {
         for byte in bytes {
             if write.write_all(&[byte]).await.is_err() {
@@ -109,7 +121,9 @@ async fn the_header_read_timeout_holds_on_recycled_timers() {
     // Warm-up: timers dropped after each head read go to the spare lists.
     let mut warm = Vec::new();
     for _ in 0..8 {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         for _ in 0..5 {
             request(&mut stream, port).await;
         }
@@ -118,7 +132,9 @@ async fn the_header_read_timeout_holds_on_recycled_timers() {
     let t0 = Instant::now();
     let idle = warm.pop().expect("one");
     let idle = tokio::spawn(closed_at(idle, Duration::from_secs(60)));
-    let early = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let early = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let early = tokio::spawn(trickle_until_closed(early, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_secs(15)).await;
     // More warm-up churn just before, so spares are fresh on every worker.
@@ -126,13 +142,26 @@ async fn the_header_read_timeout_holds_on_recycled_timers() {
         request(stream, port).await;
     }
     let t15 = Instant::now();
-    let late = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let late = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let late = tokio::spawn(trickle_until_closed(late, Duration::from_secs(60)));
-    let idle = idle.await.expect("task").expect("the idle connection was never closed");
-    let early = early.await.expect("task").expect("the trickling connection was never closed");
-    let late = late.await.expect("task").expect("the late trickling connection was never closed");
+    let idle = idle
+        .await
+        .expect("task")
+        .expect("the idle connection was never closed");
+    let early = early
+        .await
+        .expect("task")
+        .expect("the trickling connection was never closed");
+    let late = late
+        .await
+        .expect("task")
+        .expect("the late trickling connection was never closed");
     let (idle, early, late) = (idle - t0, early - t0, late - t15);
-    eprintln!("closed after: idle {idle:?}, early trickle {early:?}, late trickle {late:?} (from its start)");
+    eprintln!(
+        "closed after: idle {idle:?}, early trickle {early:?}, late trickle {late:?} (from its start)"
+    );
     for (what, after) in [("idle", idle), ("early", early), ("late", late)] {
         assert!(
             (Duration::from_secs(29)..Duration::from_secs(33)).contains(&after),

@@ -153,6 +153,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             .is_pending()
     }
 
+    /// Before the connection waits idle in the pool: a read buffer grown
+    /// for a long body is let go (the next response starts small again),
+    /// so an idle connection keeps at most [`READ_SIZE`] or so.
+    pub(crate) fn shrink_while_idle(&mut self) {
+        if self.read.capacity() > 2 * READ_SIZE && self.read.is_empty() {
+            self.read = BytesMut::new();
+        }
+        self.read_size = READ_SIZE;
+    }
+
+    /// How much the read buffer holds room for.
+    #[cfg(test)]
+    pub(crate) fn read_capacity(&self) -> usize {
+        self.read.capacity()
+    }
+
     /// Reads more into `self.read`; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // `reserve` takes the buffer back whole when nothing else holds a
@@ -624,11 +640,11 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
                 only_this_hop = true;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 close |= has_token(value, b"close");
-                only_this_hop = value.split(|&byte| byte == b',').all(|token| {
-                    let token = trim(token);
-                    token.eq_ignore_ascii_case(b"keep-alive")
-                        || token.eq_ignore_ascii_case(b"close")
-                });
+                // Only `keep-alive`, which the core does not look for: a
+                // `close` names a field `close` too, for the core to drop.
+                only_this_hop = value
+                    .split(|&byte| byte == b',')
+                    .all(|token| trim(token).eq_ignore_ascii_case(b"keep-alive"));
             } else if name.eq_ignore_ascii_case(b"keep-alive") {
                 only_this_hop = true;
             }
@@ -945,7 +961,3 @@ pub(crate) fn poll_upload<T: AsyncRead + AsyncWrite + Unpin>(
 pub(crate) fn read_nothing_more<T>(conn: &Conn<T>) -> bool {
     conn.read.is_empty()
 }
-
-#[cfg(test)]
-#[path = "h1_attack2_tests.rs"]
-mod attack2_tests;

@@ -115,9 +115,9 @@ mod h1_random_tests;
 #[cfg(feature = "reqwest")]
 mod pool;
 #[cfg(all(test, feature = "reqwest"))]
-mod pool_wire_tests;
+mod pool_review_tests;
 #[cfg(all(test, feature = "reqwest"))]
-mod attack2_tests;
+mod pool_wire_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(feature = "reqwest")]

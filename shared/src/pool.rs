@@ -325,7 +325,8 @@ impl Pool {
         response.map(|()| body)
     }
 
-    fn put_back(&self, conn: Connection) {
+    fn put_back(&self, mut conn: Connection) {
+        conn.conn.shrink_while_idle();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() >= MAX_IDLE {
             // The oldest goes: it is the likeliest to be closed by now.
@@ -352,10 +353,16 @@ async fn exchange(
     head_timer.as_mut().reset(deadline);
     std::future::poll_fn(|cx| match h1::poll_exchange(conn, upload, failed, cx) {
         Poll::Ready(done) => Poll::Ready(done.map_err(PoolError::Request)),
-        Poll::Pending => match head_timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(PoolError::Timeout)),
-            Poll::Pending => Poll::Pending,
-        },
+        // Outside tokio's per-task budget, as `tokio::time::timeout` does:
+        // an exchange that keeps the connection busy (an upload always
+        // ready, fal sending interim answers without end) uses the budget
+        // up, and a timer polled within it would then never go off.
+        Poll::Pending => {
+            match std::pin::pin!(tokio::task::unconstrained(head_timer.as_mut())).poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(PoolError::Timeout)),
+                Poll::Pending => Poll::Pending,
+            }
+        }
     })
     .await
 }
@@ -855,5 +862,26 @@ mod tests {
             1,
             "the hung request was on the reused connection"
         );
+    }
+
+    /// Reads grow for a long body; the connection that goes back idle keeps
+    /// a small buffer, not the one the body grew.
+    #[tokio::test]
+    async fn an_idle_connection_keeps_a_small_read_buffer_after_a_long_body() {
+        let long = "x".repeat(4 << 20).leak();
+        let (origin, accepted, _) = upstream(long, After::KeepOpen).await;
+        let pool = pool();
+        let response = pool.send(get(&format!("{origin}/long"))).await.unwrap();
+        assert_eq!(body_of(response).await.len(), long.len());
+        let kept = {
+            let idle = pool.idle.lock().unwrap();
+            assert_eq!(idle.len(), 1, "the connection went back");
+            idle[0].conn.conn.read_capacity()
+        };
+        assert!(kept <= 2 * 8192, "an idle connection keeps {kept} bytes");
+        // And it still serves.
+        let response = pool.send(get(&format!("{origin}/again"))).await.unwrap();
+        assert_eq!(body_of(response).await.len(), long.len());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }
