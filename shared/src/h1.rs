@@ -239,7 +239,7 @@ impl Lengths {
             return;
         }
         for part in field.split(|&byte| byte == b',') {
-            match parse_decimal(trim(part)) {
+            match parse_decimal(part.trim_ascii()) {
                 Some(length) if self.value.is_none_or(|other| other == length) => {
                     self.value = Some(length);
                 }
@@ -267,23 +267,11 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|byte| !matches!(byte, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|byte| !matches!(byte, b' ' | b'\t'))
-        .map_or(start, |last| last + 1);
-    &bytes[start..end.max(start)]
-}
-
 /// Whether a comma-separated field value names `token` (any case).
 fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&byte| byte == b',')
-        .any(|part| trim(part).eq_ignore_ascii_case(token))
+        .any(|part| part.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Whether the last of a comma-separated field value's items is `token`.
@@ -291,7 +279,7 @@ fn last_token_is(value: &[u8], token: &[u8]) -> bool {
     value
         .rsplit(|&byte| byte == b',')
         .next()
-        .is_some_and(|last| trim(last).eq_ignore_ascii_case(token))
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 impl Upload {
@@ -489,9 +477,8 @@ impl Upload {
                         self.queue.push_back(data);
                     }
                     Encoding::Chunked => {
-                        let mut size = Vec::with_capacity(18);
-                        size.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        self.queue.push_back(Bytes::from(size));
+                        self.queue
+                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
                         self.queue.push_back(data);
                         self.queue.push_back(Bytes::from_static(b"\r\n"));
                     }
@@ -644,7 +631,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, &'static str> {
                 // `close` names a field `close` too, for the core to drop.
                 only_this_hop = value
                     .split(|&byte| byte == b',')
-                    .all(|token| trim(token).eq_ignore_ascii_case(b"keep-alive"));
+                    .all(|token| token.trim_ascii().eq_ignore_ascii_case(b"keep-alive"));
             } else if name.eq_ignore_ascii_case(b"keep-alive") {
                 only_this_hop = true;
             }
@@ -815,14 +802,13 @@ impl Decoder {
                     if read.is_empty() {
                         return Ok(Decoded::More);
                     }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(read.len());
-                    let left = left - take as u64;
+                    let (data, left) = split_up_to(read, left);
                     self.state = if left == 0 {
                         State::Done
                     } else {
                         State::Length(left)
                     };
-                    return Ok(Decoded::Data(read.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 State::Close => {
                     if read.is_empty() {
@@ -834,14 +820,13 @@ impl Decoder {
                     if read.is_empty() {
                         return Ok(Decoded::More);
                     }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(read.len());
-                    let left = left - take as u64;
+                    let (data, left) = split_up_to(read, left);
                     self.state = if left == 0 {
                         State::DataCr
                     } else {
                         State::Data(left)
                     };
-                    return Ok(Decoded::Data(read.split_to(take).freeze()));
+                    return Ok(Decoded::Data(data));
                 }
                 _ => {
                     let Some(&byte) = read.first() else {
@@ -862,12 +847,8 @@ impl Decoder {
                 if digits >= 16 {
                     return Err(BAD);
                 }
-                let digit = u64::from(match byte {
-                    b'0'..=b'9' => byte - b'0',
-                    b'a'..=b'f' => byte - b'a' + 10,
-                    _ => byte - b'A' + 10,
-                });
-                State::Size(size * 16 + digit, digits + 1)
+                let digit = char::from(byte).to_digit(16).ok_or(BAD)?;
+                State::Size(size * 16 + u64::from(digit), digits + 1)
             }
             (State::Size(_, 0), _) => return Err(BAD),
             (State::Size(size, _) | State::SizeSpace(size), b' ' | b'\t') => State::SizeSpace(size),
@@ -878,11 +859,8 @@ impl Decoder {
             (State::Size(size, _) | State::SizeSpace(size) | State::Extension(size), b'\r') => {
                 State::SizeLf(size)
             }
-            (State::Extension(size), b'\n') => {
-                // A bare line feed inside an extension is not a line end.
-                let _ = size;
-                return Err(BAD);
-            }
+            // A bare line feed inside an extension is not a line end.
+            (State::Extension(_), b'\n') => return Err(BAD),
             (State::Extension(size), _) => {
                 self.count_extra()?;
                 State::Extension(size)
@@ -911,6 +889,13 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// Up to `left` bytes off the front of `read` (which has some), and how
+/// many are left after them.
+fn split_up_to(read: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = usize::try_from(left).unwrap_or(usize::MAX).min(read.len());
+    (read.split_to(take).freeze(), left - take as u64)
 }
 
 /// Reads the next piece of a response body: data, `None` at its end.

@@ -22,7 +22,7 @@
 
 use crate::h1::{self, Conn, Decoder, Head, Upload, WireError};
 use bytes::Bytes;
-use http::uri::Uri;
+use http::uri::{Authority, Uri};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -85,20 +85,11 @@ struct Idle {
     since: Instant,
 }
 
-/// `scheme://authority`, as the request URI has it.
+/// `scheme://authority`, as the request URI has it: what a connection was
+/// opened to.
 struct Origin {
     https: bool,
-    authority: http::uri::Authority,
-    /// How much of the authority goes in `Host` (see [`Endpoint::host`]).
-    host_len: usize,
-}
-
-impl PartialEq for Origin {
-    /// Byte for byte (`Authority`'s own comparison ignores case, byte by
-    /// byte): every URI here was written by the proxy, in lower case.
-    fn eq(&self, other: &Self) -> bool {
-        self.https == other.https && self.authority.as_str() == other.authority.as_str()
-    }
+    authority: Authority,
 }
 
 /// A request's origin, borrowed from its URI (an [`Origin`] without the
@@ -110,60 +101,64 @@ struct Endpoint<'a> {
     host: &'a str,
 }
 
+/// Whether an absolute http(s) URI without user-info (no target and no
+/// `FAL_PROXY_UPSTREAM` has any) is `https`, and its authority.
+fn origin_of(uri: &Uri) -> Option<(bool, &Authority)> {
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    (!authority.as_str().contains('@')).then_some((https, authority))
+}
+
+/// The `Host` header for an origin: the host, and the port when it is not
+/// the scheme's default (as hyper-util wrote it, without its `format!`).
+fn host_of(https: bool, authority: &Authority) -> &str {
+    let default_port = if https { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(port) if port != default_port => authority.as_str(),
+        _ => authority.host(),
+    }
+}
+
 impl<'a> Endpoint<'a> {
-    /// As [`Origin::of`]; `None` also when `Host` would not be a valid
-    /// header value.
+    /// The origin of `uri` (see [`origin_of`]); `None` also when `Host`
+    /// would not be a valid header value.
     fn of(uri: &'a Uri) -> Option<Self> {
-        let origin = Origin::of(uri)?;
-        let authority = uri.authority()?.as_str();
-        let host = authority.get(..origin.host_len)?;
+        let (https, authority) = origin_of(uri)?;
+        let host = host_of(https, authority);
         host.bytes()
             .all(|byte| byte.is_ascii_graphic())
             .then_some(Self {
-                https: origin.https,
-                authority,
+                https,
+                authority: authority.as_str(),
                 host,
             })
     }
 
+    /// Byte for byte (`Authority`'s own comparison ignores case, byte by
+    /// byte): every URI here was written by the proxy, in lower case.
     fn is(&self, origin: &Origin) -> bool {
         self.https == origin.https && self.authority == origin.authority.as_str()
     }
 }
 
 impl Origin {
-    /// The origin of an absolute http(s) URI without user-info (no target
-    /// and no `FAL_PROXY_UPSTREAM` has any).
+    /// The origin of `uri` (see [`origin_of`]), copied.
     fn of(uri: &Uri) -> Option<Self> {
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return None,
-        };
-        let authority = uri.authority()?;
-        if authority.as_str().contains('@') {
-            return None;
-        }
-        let default_port = if https { 443 } else { 80 };
-        let host_len = match authority.port_u16() {
-            Some(port) if port != default_port => authority.as_str().len(),
-            _ => authority.host().len(),
-        };
+        let (https, authority) = origin_of(uri)?;
         Some(Self {
             https,
             authority: authority.clone(),
-            host_len,
         })
     }
 
-    /// The `Host` header: the host, and the port when it is not the
-    /// scheme's default (as hyper-util wrote it, without its `format!`).
+    /// The `Host` header (see [`host_of`]).
     #[cfg(test)]
     fn host(&self) -> &str {
-        self.authority
-            .as_str()
-            .get(..self.host_len)
-            .unwrap_or_default()
+        host_of(self.https, &self.authority)
     }
 
     /// [`Origin::host`] as a header value, when it is a valid one.
@@ -225,7 +220,9 @@ impl Pool {
         while let Some(mut conn) = self.checkout(&endpoint) {
             let mut failed = None;
             match exchange(&mut conn, &mut upload, &mut failed, deadline).await {
-                Ok(head) => return Ok(self.pooled(head, head_request, upload, failed, conn)),
+                Ok(head) => {
+                    return Ok(self.pooled(head, head_request, upload, failed.is_some(), conn));
+                }
                 // Nothing written: fal closed the idle connection first.
                 // Not when the browser's body failed: that ends the request.
                 Err(PoolError::Request(error))
@@ -244,7 +241,7 @@ impl Pool {
         let mut conn = connect.await.map_err(|_elapsed| PoolError::Timeout)??;
         let mut failed = None;
         let head = exchange(&mut conn, &mut upload, &mut failed, deadline).await?;
-        Ok(self.pooled(head, head_request, upload, failed, conn))
+        Ok(self.pooled(head, head_request, upload, failed.is_some(), conn))
     }
 
     /// The most recently used idle connection to `endpoint` on which
@@ -298,7 +295,7 @@ impl Pool {
         head: Head,
         head_request: bool,
         upload: Option<Upload>,
-        write_failed: Option<WireError>,
+        write_failed: bool,
         conn: Connection,
     ) -> Response<PooledBody> {
         // A body read to the close leaves nothing to reuse; an answer with
@@ -311,11 +308,10 @@ impl Pool {
             head.framing
         });
         let response = head.response;
-        let failed = write_failed.is_some();
         let mut body = PooledBody {
             decoder,
-            upload: if failed { None } else { upload },
-            keep_alive: keep_alive && !failed,
+            upload: if write_failed { None } else { upload },
+            keep_alive: keep_alive && !write_failed,
             conn: Some(conn),
             pool: Some(self.clone()),
         };
@@ -455,7 +451,6 @@ impl Body for PooledBody {
             }
             Poll::Ready(None) => {
                 this.finish();
-                this.conn = None;
                 Poll::Ready(None)
             }
         }
