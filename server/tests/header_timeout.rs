@@ -6,44 +6,15 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+mod support;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fal-proxy-server");
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Child;
 
 async fn start() -> (Child, u16) {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("FAL_KEY", "test-id:test-secret-value")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("stderr line") {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let authority = rest.split([' ', '/']).next().expect("authority");
-                return authority
-                    .rsplit(':')
-                    .next()
-                    .expect("port")
-                    .parse::<u16>()
-                    .expect("port");
-            }
-        }
-        panic!("server exited before listening");
-    })
-    .await
-    .expect("listens");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port)
+    support::start(&[("FAL_KEY", "test-id:test-secret-value")]).await
 }
 
 /// One keep-alive request; reads its answer (content-length framed).

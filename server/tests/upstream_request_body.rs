@@ -3,50 +3,22 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const KEY: &str = "test-id:test-secret-value";
-const BIN: &str = env!("CARGO_BIN_EXE_fal-proxy-server");
-
 struct Server {
     _child: Child,
     port: u16,
 }
 
 async fn start(env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("line") {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let authority = rest.split([' ', '/']).next().expect("authority");
-                return authority
-                    .rsplit(':')
-                    .next()
-                    .expect("port")
-                    .parse()
-                    .expect("port");
-            }
-        }
-        panic!("server exited");
-    })
-    .await
-    .expect("listens");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, port) = support::start(env).await;
     Server {
         _child: child,
         port,
