@@ -84,7 +84,7 @@ async fn main() -> ExitCode {
 
 /// Writes one line of the server's own to stderr, in the configured format.
 fn say(format: LogFormat, level: Level, message: impl Into<String>) {
-    write_line(LogLine::message(level, message).render(format));
+    eprintln!("{}", LogLine::message(level, message).render(format));
 }
 
 async fn run() -> Result<(), String> {
@@ -117,7 +117,7 @@ async fn run() -> Result<(), String> {
     let client_ip_header = client_ip_header(env(vars::CLIENT_IP_HEADER))?;
     let format = config.log_format();
     if let Some(warning) = config.upstream_warning() {
-        write_line(warning.render(format));
+        eprintln!("{}", warning.render(format));
     }
     let summary = config.summary();
     let proxy = Arc::new(Proxy::new(config, "native"));
@@ -261,7 +261,7 @@ async fn handle(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     if let Some(hint) = HINTS.line_for(&exchange, now) {
-        write_line(hint);
+        eprintln!("{hint}");
     }
     // The connection counts as busy until the response body is done.
     Ok(LoggedBody::wrap_with(
@@ -289,9 +289,8 @@ async fn heartbeat() {
     }
 }
 
-/// Writes a log line to stderr in one `write` (`eprintln!` makes two on
-/// unbuffered stderr: the text, then the line break), so lines from
-/// several sources never interleave mid-line.
+/// Writes a request's log line to stderr in one `write` (`eprintln!` makes
+/// two on unbuffered stderr: the text, then the line break).
 fn write_line(mut line: String) {
     use std::io::Write as _;
     line.push('\n');
