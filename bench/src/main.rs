@@ -7,8 +7,10 @@
 //! official Node proxy under `node`. Load comes from `wrk` (a 1 KB JSON POST
 //! to `fal.run/fal-ai/flux/dev`, keep-alive, loopback, at 1 and 32
 //! connections); CPU time is each proxy's user + system time from
-//! `/proc/<pid>/stat` (nginx: master and workers) divided by the requests
-//! served in the same run. Bounded: a fixed time per level, loopback only.
+//! `/proc/<pid>/stat` (nginx: master and workers) over the measured runs
+//! divided by the requests they served: per level, four rounds of 3 s, the
+//! contenders taking turns, each run after a 1 s warm-up that is not counted.
+//! Bounded: a fixed time per level, loopback only.
 //! Prints a Markdown table for the README.
 
 #![allow(clippy::expect_used, clippy::panic)] // a measuring tool: fail loudly
@@ -36,7 +38,10 @@ const RESULT_JSON: &str = r#"{"images":[{"url":"https://v3.fal.media/files/bench
 /// The soak's JSON input.
 const INPUT_JSON: &str = r#"{"prompt":"a cat","image_size":"square_hd","num_inference_steps":4}"#;
 const LOAD_PATH: &str = "/fal-ai/flux/dev";
-const LEVEL_TIME: Duration = Duration::from_secs(4);
+/// Each contender's measured time per level: [`ROUNDS`] runs of
+/// [`LEVEL_TIME`], each after a [`WARMUP`] that is not counted.
+const ROUNDS: usize = 4;
+const LEVEL_TIME: Duration = Duration::from_secs(3);
 const WARMUP: Duration = Duration::from_secs(1);
 const LEVELS: [usize; 2] = [1, 32];
 const SSE_SAMPLES: usize = 50;
@@ -145,38 +150,43 @@ async fn main() -> std::process::ExitCode {
             &script,
         )
         .await;
-        let mut runs = Vec::new();
-        for contender in &mut contenders {
-            let before = contender.cpu_ticks();
-            let run = wrk(&contender.url(), connections, &script).await;
-            let cpu = (contender.cpu_ticks() - before) as f64 / ticks;
-            contender.served += run.requests + run.warmup_requests;
-            contender.rps = run.rps;
-            runs.push((run, cpu));
+        // Rounds, each contender in turn, so that a change in the machine's
+        // load over the minute this takes falls on all of them alike.
+        let mut runs: Vec<Rounds> = contenders.iter().map(|_| Rounds::default()).collect();
+        for _ in 0..ROUNDS {
+            for (contender, rounds) in contenders.iter_mut().zip(&mut runs) {
+                let warmup = wrk_for(&contender.url(), connections, &script, WARMUP).await;
+                let before = contender.cpu_ticks();
+                let run = wrk_for(&contender.url(), connections, &script, LEVEL_TIME).await;
+                rounds.cpu += (contender.cpu_ticks() - before) as f64 / ticks;
+                contender.served += run.requests + warmup.requests;
+                contender.rps = run.rps;
+                rounds.add(&run);
+            }
         }
         let c = connections;
         table.row(
             &format!("c={c}: requests/s"),
             Some(direct.rps),
-            runs.iter().map(|(r, _)| r.rps),
+            runs.iter().map(Rounds::rps),
             |v| format!("{v:.0}"),
         );
         table.row(
             &format!("c={c}: p50 latency"),
             Some(direct.p50),
-            runs.iter().map(|(r, _)| r.p50),
+            runs.iter().map(|r| median(&r.p50)),
             micros,
         );
         table.row(
             &format!("c={c}: p99 latency"),
             Some(direct.p99),
-            runs.iter().map(|(r, _)| r.p99),
+            runs.iter().map(|r| median(&r.p99)),
             micros,
         );
         table.row(
             &format!("c={c}: **CPU per request**"),
             None,
-            runs.iter().map(|(r, cpu)| cpu / r.requests as f64),
+            runs.iter().map(|r| r.cpu / r.requests as f64),
             micros,
         );
     }
@@ -595,15 +605,43 @@ struct WrkRun {
     p50: f64,
     p99: f64,
     requests: u64,
-    warmup_requests: u64,
 }
 
 /// A warm-up, then a measured `wrk` run of [`LEVEL_TIME`].
 async fn wrk(url: &str, connections: usize, script: &Path) -> WrkRun {
-    let warmup = wrk_for(url, connections, script, WARMUP).await;
-    let mut run = wrk_for(url, connections, script, LEVEL_TIME).await;
-    run.warmup_requests = warmup.requests;
-    run
+    wrk_for(url, connections, script, WARMUP).await;
+    wrk_for(url, connections, script, LEVEL_TIME).await
+}
+
+/// One contender's measured runs at one level, summed: CPU seconds over
+/// the measured runs only (not their warm-ups), and the requests they served.
+#[derive(Default)]
+struct Rounds {
+    cpu: f64,
+    requests: u64,
+    seconds: f64,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl Rounds {
+    fn add(&mut self, run: &WrkRun) {
+        self.requests += run.requests;
+        self.seconds += run.requests as f64 / run.rps;
+        self.p50.push(run.p50);
+        self.p99.push(run.p99);
+    }
+
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// The median of a few values (the upper one of the middle two).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 async fn wrk_for(url: &str, connections: usize, script: &Path, time: Duration) -> WrkRun {
@@ -641,7 +679,6 @@ async fn wrk_for(url: &str, connections: usize, script: &Path, time: Duration) -
         p50: seconds(after("50%")),
         p99: seconds(after("99%")),
         requests,
-        warmup_requests: 0,
     }
 }
 

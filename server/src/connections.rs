@@ -23,7 +23,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -105,6 +105,11 @@ pub struct Slot {
     shedding: AtomicBool,
     /// The connection's socket (shared with its task), to peek at.
     stream: Option<Arc<TcpStream>>,
+    /// Set while the line of this connection's last request waits to be
+    /// written (see `log_lines`); its writes wait until it is.
+    line_pending: AtomicBool,
+    /// The task waiting for that line to be written.
+    line_waiter: Mutex<Option<Waker>>,
 }
 
 impl Slot {
@@ -139,6 +144,42 @@ impl Slot {
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(Arc::clone(self))
+    }
+
+    /// A line of this connection's waits to be written: its writes wait.
+    pub fn line_queued(&self) {
+        self.line_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// The line is written: the connection's writes go on.
+    pub fn line_written(&self) {
+        self.line_pending.store(false, Ordering::SeqCst);
+        let waiter = self
+            .line_waiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+
+    /// Ready when no line of this connection waits to be written; otherwise
+    /// the task is woken when it has been.
+    fn poll_line_written(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.line_pending.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        *self
+            .line_waiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        // Written in between: nothing will wake the task, so go on now.
+        if self.line_pending.load(Ordering::SeqCst) {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 
     /// Tells the connection's task to close it.
@@ -178,6 +219,13 @@ impl Slot {
 /// A request in flight on a connection.
 #[derive(Debug)]
 pub struct InFlight(Arc<Slot>);
+
+impl InFlight {
+    /// The connection's shared state.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -339,7 +387,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let stream = &self.get_mut().stream;
+        let this = self.get_mut();
+        ready!(this.slot.poll_line_written(cx));
+        let stream = &this.stream;
         loop {
             ready!(stream.poll_write_ready(cx))?;
             match stream.try_write(buf) {
@@ -354,7 +404,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let stream = &self.get_mut().stream;
+        let this = self.get_mut();
+        ready!(this.slot.poll_line_written(cx));
+        let stream = &this.stream;
         loop {
             ready!(stream.poll_write_ready(cx))?;
             match stream.try_write_vectored(bufs) {

@@ -31,6 +31,7 @@
 //! open requests finish for up to ten seconds, then exits.
 
 mod connections;
+mod log_lines;
 mod playground;
 mod timer;
 
@@ -153,6 +154,7 @@ async fn run() -> Result<(), String> {
     );
 
     tokio::spawn(heartbeat());
+    tokio::spawn(log_lines::writer());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(timer::RecyclingTimer)
@@ -269,8 +271,8 @@ async fn handle(
         Some(exchange),
         started,
         move |line| {
+            log_lines::push(line, in_flight.slot());
             drop(in_flight);
-            write_line(line);
         },
     ))
 }
@@ -287,14 +289,6 @@ async fn heartbeat() {
     loop {
         ticks.tick().await;
     }
-}
-
-/// Writes a request's log line to stderr in one `write` (`eprintln!` makes
-/// two on unbuffered stderr: the text, then the line break).
-fn write_line(mut line: String) {
-    use std::io::Write as _;
-    line.push('\n');
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// `FAL_PROXY_CLIENT_IP_HEADER`: the header your own load balancer writes

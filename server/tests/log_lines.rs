@@ -1,0 +1,117 @@
+//! The per-request log lines, written in batches (`log_lines`): each
+//! request's line is on stderr before its answer reaches the client, every
+//! line is written once and whole, with many connections answered in the
+//! same pass.
+
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CONNECTIONS: usize = 8;
+const REQUESTS: usize = 25;
+
+/// Reads one answer (head and a `content-length` body) off `stream`.
+async fn answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.expect("read"),
+            1,
+            "closed early"
+        );
+        seen.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().expect("length"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("body");
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
+    let dir = std::env::temp_dir().join(format!("fal-proxy-log-lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("stderr.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fal-proxy-server"))
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("FAL_KEY", "test-id:test-secret-value")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let port: u16 = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(rest) = text.split("listening on http://").nth(1) {
+            let authority = rest.split([' ', '/']).next().expect("authority");
+            break authority
+                .rsplit(':')
+                .next()
+                .expect("port")
+                .parse()
+                .expect("port");
+        }
+        assert!(Instant::now() < deadline, "server did not start: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut clients = Vec::new();
+    for connection in 0..CONNECTIONS {
+        let log = log.clone();
+        clients.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            for request in 0..REQUESTS {
+                // Refused (not on the allow-list): nothing goes upstream,
+                // and the line names the path.
+                let path = format!("/c{connection}-r{request}-end");
+                let text = format!(
+                    "POST /api/fal/proxy HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-fal-target-url: https://elsewhere.example{path}\r\ncontent-length: 2\r\n\r\n{{}}"
+                );
+                stream.write_all(text.as_bytes()).await.expect("write");
+                let head = answer(&mut stream).await;
+                assert!(head.starts_with("http/1.1 403"), "{head}");
+                // The answer is here: its line must already be in the log.
+                let written = std::fs::read_to_string(&log).expect("log");
+                assert!(
+                    written.contains(&format!("target=elsewhere.example{path} ")),
+                    "no line for {path} when its answer arrived:\n{written}"
+                );
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("client");
+    }
+    let written = std::fs::read_to_string(&log).expect("log");
+    for connection in 0..CONNECTIONS {
+        for request in 0..REQUESTS {
+            let needle = format!("target=elsewhere.example/c{connection}-r{request}-end ");
+            assert_eq!(written.matches(&needle).count(), 1, "{needle}:\n{written}");
+        }
+    }
+    let request_lines: Vec<&str> = written
+        .lines()
+        .filter(|line| line.contains("target=elsewhere.example"))
+        .collect();
+    assert_eq!(request_lines.len(), CONNECTIONS * REQUESTS);
+    for line in request_lines {
+        assert!(
+            line.starts_with("fal-proxy: method=POST target=elsewhere.example/c")
+                && line.contains(" status=403 ")
+                && line.ends_with("error=target_not_allowed"),
+            "{line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
