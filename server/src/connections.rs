@@ -135,8 +135,10 @@ impl Slot {
         waiting
     }
 
+    /// No request in flight, and no line of one waiting to be written
+    /// (its answer's last bytes may wait for it).
     fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0
+        self.in_flight.load(Ordering::SeqCst) == 0 && !self.line_pending.load(Ordering::SeqCst)
     }
 
     /// Marks a request in flight until the guard is dropped (with the
@@ -424,9 +426,14 @@ impl AsyncWrite for Watched {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let stream = &self.get_mut().stream;
-        Poll::Ready(socket2::SockRef::from(stream.as_ref()).shutdown(std::net::Shutdown::Write))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // The close can be an answer's end (HTTP/1.0, a body of unknown
+        // length): it waits for the line as the writes do.
+        ready!(this.slot.poll_line_written(cx));
+        Poll::Ready(
+            socket2::SockRef::from(this.stream.as_ref()).shutdown(std::net::Shutdown::Write),
+        )
     }
 }
 
@@ -549,6 +556,58 @@ mod tests {
             futures_now(Slot::default().serve(std::future::ready(()))),
             Some(())
         );
+    }
+
+    /// While its line waits, a connection writes nothing and does not close
+    /// (an HTTP/1.0 answer of unknown length ends with the close), and it
+    /// is not idle (not shed); once written, it goes on and its task is
+    /// woken.
+    #[tokio::test]
+    async fn a_connection_waits_for_its_line_before_writing_or_closing() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let slot = Arc::new(Slot::default());
+        let mut watched = Watched::new(Arc::new(server), Arc::clone(&slot));
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(slot.is_idle());
+        slot.line_queued();
+        assert!(!slot.is_idle(), "a connection whose line waits is not shed");
+        let bufs = [io::IoSlice::new(b"a")];
+        assert!(
+            Pin::new(&mut watched)
+                .poll_write(&mut cx, b"a")
+                .is_pending()
+        );
+        assert!(
+            Pin::new(&mut watched)
+                .poll_write_vectored(&mut cx, &bufs)
+                .is_pending()
+        );
+        assert!(Pin::new(&mut watched).poll_shutdown(&mut cx).is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        slot.line_written();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the task is woken");
+        assert!(slot.is_idle());
+        watched.write_all(b"ok").await.expect("write");
+        watched.shutdown().await.expect("shutdown");
+        let mut client = client;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, b"ok");
     }
 
     /// Polls a future once.

@@ -15,6 +15,13 @@
 //! answer waits for one pass of the scheduler. Lines keep their order.
 //! Without a writer on this thread (before it starts, after it stops, on
 //! another thread), a line is written at once.
+//!
+//! Only under load: while no two lines come between two times the runtime
+//! waits for events (one request at a time, say), each line is written at
+//! once, as before, and nothing waits; once two do, lines are queued, until
+//! a batch holds a single line again. Queuing would cost the answer's task
+//! a second poll for nothing when there is no other line to share the
+//! `write` with.
 
 use crate::connections::Slot;
 use std::cell::RefCell;
@@ -25,6 +32,10 @@ use std::task::{Poll, Waker};
 /// Room kept for the next batch after a write; a larger buffer (a burst of
 /// lines) is let go.
 const KEEP: usize = 64 * 1024;
+
+/// The most a pipe takes in one piece, whole or not at all (POSIX: at least
+/// 512 bytes; Linux: 4096).
+const PIPE_BUF: usize = 4096;
 
 thread_local! {
     static QUEUE: RefCell<Queue> = RefCell::new(Queue::default());
@@ -38,13 +49,26 @@ struct Queue {
     slots: Vec<Arc<Slot>>,
     /// The writer task, while it runs.
     writer: Option<Waker>,
+    /// Whether lines are queued (under load) or written at once.
+    queuing: bool,
+    /// Lines written at once since the runtime last waited for events.
+    since_park: u32,
 }
 
 impl Queue {
-    /// Writes the queued lines in one `write` and lets their connections go on.
+    /// Writes the queued lines and lets their connections go on; a batch of
+    /// at most one line ends queuing.
     fn write_out(&mut self) {
+        if self.slots.len() <= 1 {
+            self.queuing = false;
+            self.since_park = 0;
+        }
         if !self.text.is_empty() {
-            let _ = std::io::stderr().lock().write_all(&self.text);
+            let mut stderr = std::io::stderr().lock();
+            for piece in pieces(&self.text) {
+                let _ = stderr.write_all(piece);
+            }
+            drop(stderr);
             self.text.clear();
             if self.text.capacity() > KEEP {
                 self.text = Vec::new();
@@ -56,17 +80,62 @@ impl Queue {
     }
 }
 
+/// `text` (whole lines) in pieces of at most [`PIPE_BUF`] bytes, each ending
+/// at a line break (a longer line alone): a pipe takes each whole, so
+/// another writer on it cannot tear a line, and a write that fails (a full
+/// non-blocking pipe) loses only its own lines, as one `write` a line did.
+fn pieces(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = if rest.len() <= PIPE_BUF {
+            rest.len()
+        } else {
+            rest[..PIPE_BUF]
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .or_else(|| rest.iter().position(|&byte| byte == b'\n'))
+                .map_or(rest.len(), |at| at + 1)
+        };
+        let (piece, after) = rest.split_at(cut);
+        rest = after;
+        Some(piece)
+    })
+}
+
+/// Writes what is queued now (before a line of the server's own, so the
+/// lines stay in the order they were made).
+pub fn flush() {
+    let _ = QUEUE.try_with(|queue| {
+        if let Ok(mut queue) = queue.try_borrow_mut()
+            && !queue.text.is_empty()
+        {
+            queue.write_out();
+        }
+    });
+}
+
 /// Queues a request's line (without its line break) for the connection of
-/// `slot`, or writes it at once when no writer runs on this thread.
+/// `slot`, or writes it at once when not under load or when no writer runs
+/// on this thread.
 pub fn push(line: String, slot: &Arc<Slot>) {
     let queued = QUEUE
         .try_with(|queue| {
             let Ok(mut queue) = queue.try_borrow_mut() else {
                 return false;
             };
+            let queue = &mut *queue;
             let Some(writer) = queue.writer.as_ref() else {
                 return false;
             };
+            if !queue.queuing {
+                queue.since_park += 1;
+                // The second line of one pass: the next ones are queued.
+                queue.queuing = queue.since_park >= 2;
+                return false;
+            }
             if queue.text.is_empty() {
                 writer.wake_by_ref();
             }
@@ -80,6 +149,16 @@ pub fn push(line: String, slot: &Arc<Slot>) {
     if !queued {
         write_line(line);
     }
+}
+
+/// The runtime is about to wait for events (its `on_thread_park` hook):
+/// a new pass begins.
+pub fn parked() {
+    let _ = QUEUE.try_with(|queue| {
+        if let Ok(mut queue) = queue.try_borrow_mut() {
+            queue.since_park = 0;
+        }
+    });
 }
 
 /// Writes a line to stderr in one `write` (`eprintln!` makes two on
@@ -120,4 +199,42 @@ pub async fn writer() {
         Poll::<()>::Pending
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pieces hold whole lines, at most `PIPE_BUF` bytes unless one line is
+    /// longer, and give back the text as it was.
+    #[test]
+    fn pieces_are_whole_lines_of_at_most_pipe_buf() {
+        let line = |n: usize, len: usize| {
+            let mut text = format!("fal-proxy: line={n} ");
+            text.extend(std::iter::repeat_n('x', len.saturating_sub(text.len() + 1)));
+            text.push('\n');
+            text
+        };
+        let mut text = String::new();
+        for n in 0..300 {
+            text.push_str(&line(n, 40 + (n * 37) % 300));
+        }
+        text.push_str(&line(300, 9_000));
+        text.push_str(&line(301, 100));
+        let pieces: Vec<&[u8]> = pieces(text.as_bytes()).collect();
+        assert!(pieces.len() > 1);
+        assert_eq!(pieces.concat(), text.as_bytes());
+        for piece in &pieces {
+            assert!(piece.ends_with(b"\n"));
+            let lines = piece.iter().filter(|&&byte| byte == b'\n').count();
+            assert!(
+                piece.len() <= PIPE_BUF || lines == 1,
+                "{} bytes",
+                piece.len()
+            );
+        }
+        assert!(pieces.iter().any(|piece| piece.len() > PIPE_BUF));
+        assert_eq!(super::pieces(b"").count(), 0);
+        assert_eq!(super::pieces(b"one\n").collect::<Vec<_>>(), [b"one\n"]);
+    }
 }

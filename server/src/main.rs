@@ -71,13 +71,27 @@ static HINTS: Hints = Hints::new();
 /// per request on waking and searching between its workers than the
 /// request itself costs, and one thread already serves tens of thousands of
 /// requests a second, far more than any fal account sends.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    match run().await {
+fn main() -> ExitCode {
+    let format = || LogFormat::from_lookup(|name| std::env::var(name).ok());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(log_lines::parked)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            say(
+                format(),
+                Level::Error,
+                format!("cannot start the runtime: {error}"),
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            let format = LogFormat::from_lookup(|name| std::env::var(name).ok());
-            say(format, Level::Error, message);
+            say(format(), Level::Error, message);
             ExitCode::FAILURE
         }
     }
@@ -85,6 +99,7 @@ async fn main() -> ExitCode {
 
 /// Writes one line of the server's own to stderr, in the configured format.
 fn say(format: LogFormat, level: Level, message: impl Into<String>) {
+    log_lines::flush();
     eprintln!("{}", LogLine::message(level, message).render(format));
 }
 
@@ -263,6 +278,7 @@ async fn handle(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     if let Some(hint) = HINTS.line_for(&exchange, now) {
+        log_lines::flush();
         eprintln!("{hint}");
     }
     // The connection counts as busy until the response body is done.

@@ -1,7 +1,9 @@
-//! The per-request log lines, written in batches (`log_lines`): each
-//! request's line is on stderr before its answer reaches the client, every
-//! line is written once and whole, with many connections answered in the
-//! same pass.
+//! The per-request log lines, written in batches under load
+//! (`log_lines`): each request's line is on stderr before its answer
+//! reaches the client, every line is written once and whole. The
+//! connections send at the same moment, three requests at a time
+//! (pipelined), so that many answers are made in one pass of the server's
+//! scheduler and their lines are queued.
 
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -11,7 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 8;
-const REQUESTS: usize = 25;
+const ROUNDS: usize = 10;
+const PIPELINED: usize = 3;
 
 /// Reads one answer (head and a `content-length` body) off `stream`.
 async fn answer(stream: &mut TcpStream) -> String {
@@ -66,27 +69,41 @@ async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
         assert!(Instant::now() < deadline, "server did not start: {text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CONNECTIONS));
     let mut clients = Vec::new();
     for connection in 0..CONNECTIONS {
         let log = log.clone();
+        let barrier = std::sync::Arc::clone(&barrier);
         clients.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-            for request in 0..REQUESTS {
+            for round in 0..ROUNDS {
                 // Refused (not on the allow-list): nothing goes upstream,
                 // and the line names the path.
-                let path = format!("/c{connection}-r{request}-end");
-                let text = format!(
-                    "POST /api/fal/proxy HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-fal-target-url: https://elsewhere.example{path}\r\ncontent-length: 2\r\n\r\n{{}}"
-                );
+                let paths: Vec<String> = (0..PIPELINED)
+                    .map(|n| format!("/c{connection}-r{}-end", round * PIPELINED + n))
+                    .collect();
+                let text: String = paths
+                    .iter()
+                    .map(|path| format!(
+                        "POST /api/fal/proxy HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-fal-target-url: https://elsewhere.example{path}\r\ncontent-length: 2\r\n\r\n{{}}"
+                    ))
+                    .collect();
+                // Bounded: a client that failed must not leave the others
+                // waiting here for ever.
+                tokio::time::timeout(Duration::from_secs(20), barrier.wait())
+                    .await
+                    .expect("the other connections reach the round");
                 stream.write_all(text.as_bytes()).await.expect("write");
-                let head = answer(&mut stream).await;
-                assert!(head.starts_with("http/1.1 403"), "{head}");
-                // The answer is here: its line must already be in the log.
-                let written = std::fs::read_to_string(&log).expect("log");
-                assert!(
-                    written.contains(&format!("target=elsewhere.example{path} ")),
-                    "no line for {path} when its answer arrived:\n{written}"
-                );
+                for path in &paths {
+                    let head = answer(&mut stream).await;
+                    assert!(head.starts_with("http/1.1 403"), "{head}");
+                    // The answer is here: its line must already be in the log.
+                    let written = std::fs::read_to_string(&log).expect("log");
+                    assert!(
+                        written.contains(&format!("target=elsewhere.example{path} ")),
+                        "no line for {path} when its answer arrived:\n{written}"
+                    );
+                }
             }
         }));
     }
@@ -95,7 +112,7 @@ async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
     }
     let written = std::fs::read_to_string(&log).expect("log");
     for connection in 0..CONNECTIONS {
-        for request in 0..REQUESTS {
+        for request in 0..ROUNDS * PIPELINED {
             let needle = format!("target=elsewhere.example/c{connection}-r{request}-end ");
             assert_eq!(written.matches(&needle).count(), 1, "{needle}:\n{written}");
         }
@@ -104,7 +121,7 @@ async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
         .lines()
         .filter(|line| line.contains("target=elsewhere.example"))
         .collect();
-    assert_eq!(request_lines.len(), CONNECTIONS * REQUESTS);
+    assert_eq!(request_lines.len(), CONNECTIONS * ROUNDS * PIPELINED);
     for line in request_lines {
         assert!(
             line.starts_with("fal-proxy: method=POST target=elsewhere.example/c")
