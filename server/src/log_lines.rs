@@ -19,9 +19,11 @@
 //! Only under load: while no two lines come between two times the runtime
 //! waits for events (one request at a time, say), each line is written at
 //! once, as before, and nothing waits; once two do, lines are queued, until
-//! a batch holds a single line again. Queuing would cost the answer's task
-//! a second poll for nothing when there is no other line to share the
-//! `write` with.
+//! a batch holds a single line again (then lines are written at once until
+//! the runtime next waits). Queuing would cost the answer's task a second
+//! poll for nothing when there is no other line to share the `write` with.
+//! After a burst, queuing stays on until the next batch, so the first
+//! request after it pays that poll once.
 
 use crate::connections::Slot;
 use std::cell::RefCell;
@@ -53,6 +55,9 @@ struct Queue {
     queuing: bool,
     /// Lines written at once since the runtime last waited for events.
     since_park: u32,
+    /// A batch held a single line since the runtime last waited for
+    /// events: lines are written at once until it does.
+    held_off: bool,
 }
 
 impl Queue {
@@ -61,7 +66,7 @@ impl Queue {
     fn write_out(&mut self) {
         if self.slots.len() <= 1 {
             self.queuing = false;
-            self.since_park = 0;
+            self.held_off |= self.slots.len() == 1;
         }
         if !self.text.is_empty() {
             let mut stderr = std::io::stderr().lock();
@@ -133,7 +138,7 @@ pub fn push(line: String, slot: &Arc<Slot>) {
             if !queue.queuing {
                 queue.since_park += 1;
                 // The second line of one pass: the next ones are queued.
-                queue.queuing = queue.since_park >= 2;
+                queue.queuing = !queue.held_off && queue.since_park >= 2;
                 return false;
             }
             if queue.text.is_empty() {
@@ -157,6 +162,7 @@ pub fn parked() {
     let _ = QUEUE.try_with(|queue| {
         if let Ok(mut queue) = queue.try_borrow_mut() {
             queue.since_park = 0;
+            queue.held_off = false;
         }
     });
 }
@@ -204,6 +210,38 @@ pub async fn writer() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines that come one at a time while the runtime never parks (it
+    /// only checks for events between them) are not each queued alone: a
+    /// batch of one line holds queuing off until the runtime next parks.
+    #[test]
+    fn a_batch_of_one_line_holds_queuing_off_until_the_runtime_parks() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(parked)
+            .build()
+            .expect("runtime");
+        let queued_alone = runtime.block_on(async {
+            tokio::spawn(writer());
+            tokio::task::yield_now().await;
+            let task = tokio::spawn(async {
+                let mut queued_alone = 0;
+                for n in 0..30 {
+                    let slot = Arc::new(Slot::default());
+                    push(format!("test: line {n}"), &slot);
+                    let queued = QUEUE.with(|queue| queue.borrow().slots.len());
+                    // Deferred: the runtime checks for events, never parks.
+                    tokio::task::yield_now().await;
+                    if queued == 1 {
+                        queued_alone += 1;
+                    }
+                }
+                queued_alone
+            });
+            task.await.expect("task")
+        });
+        assert!(queued_alone <= 1, "{queued_alone} of 30 lines queued alone");
+    }
 
     /// Pieces hold whole lines, at most `PIPE_BUF` bytes unless one line is
     /// longer, and give back the text as it was.

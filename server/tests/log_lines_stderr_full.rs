@@ -8,10 +8,11 @@
 //! - HTTP/1.0, the same body: close-delimited, its end is the connection's
 //!   close (`shutdown`), which waits for the line too (`Watched`).
 //!
-//! One request at a time, the line is written at once (`log_lines` queues
-//! lines only under load), and that `write` holds the server until the pipe
-//! takes it; the queued path's hold on writes and on the close is tested in
-//! `connections` and, end to end, in `log_lines.rs`.
+//! Each with the line written at once (one request at a time: that `write`
+//! holds the server until the pipe takes it) and queued (`log_lines`): two
+//! pipelined requests answered in one pass first turn queuing on, and it
+//! stays on until a batch is written, so the streamed request's line is
+//! queued and the writer's `write` is what waits.
 
 #![allow(clippy::expect_used, clippy::panic)]
 
@@ -84,7 +85,10 @@ fn reader(mut pipe: std::io::PipeReader) -> (mpsc::Sender<String>, mpsc::Receive
 /// Sends `request` while stderr cannot take a line; returns whether the
 /// answer ended (`end` seen, or the connection closed) before the pipe was
 /// read again, the answer, and stderr.
-async fn answer_end_while_stderr_is_full(request_line: &str) -> (bool, String, String) {
+async fn answer_end_while_stderr_is_full(
+    request_line: &str,
+    queued: bool,
+) -> (bool, String, String) {
     let upstream = streaming_upstream(Duration::from_millis(300)).await;
     let (read_end, write_end) = std::io::pipe().expect("pipe");
     let mut filler = write_end.try_clone().expect("clone");
@@ -115,6 +119,37 @@ async fn answer_end_while_stderr_is_full(request_line: &str) -> (bool, String, S
         .expect("port")
         .parse()
         .expect("port");
+    if queued {
+        // Two requests answered in one pass: the second line turns queuing on
+        // (both are written at once), and nothing turns it off again until a
+        // queued batch is written.
+        let mut warm = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let refused = |n: u32| {
+            format!(
+                "POST /api/fal/proxy HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-fal-target-url: https://elsewhere.example/warm{n}\r\ncontent-length: 2\r\n\r\n{{}}"
+            )
+        };
+        warm.write_all(format!("{}{}", refused(1), refused(2)).as_bytes())
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while String::from_utf8_lossy(&got)
+            .matches("HTTP/1.1 403")
+            .count()
+            < 2
+            || !got.ends_with(b"}")
+        {
+            let n = tokio::time::timeout(Duration::from_secs(10), warm.read(&mut buffer))
+                .await
+                .expect("the warm-up answers")
+                .expect("read");
+            assert!(n > 0, "closed");
+            got.extend_from_slice(&buffer[..n]);
+        }
+    }
     // The start-up lines are written before the server accepts: let them
     // all out, then read up to a mark of ours, which empties the pipe.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -196,30 +231,43 @@ fn request_line_of(log: &str) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunked_answer_does_not_end_before_its_line() {
-    let (ended, answer, log) = answer_end_while_stderr_is_full("HTTP/1.1").await;
-    assert!(answer.contains("transfer-encoding: chunked"), "{answer}");
+/// The streamed answer over `request_line`, its line written at once or
+/// queued: it must not have ended while stderr could not take the line.
+async fn check(request_line: &str, queued: bool) {
+    let (ended, answer, log) = answer_end_while_stderr_is_full(request_line, queued).await;
+    if request_line == "HTTP/1.0" {
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("transfer-encoding"),
+            "{answer}"
+        );
+    } else {
+        assert!(answer.contains("transfer-encoding: chunked"), "{answer}");
+    }
     let line = request_line_of(&log);
     assert!(line.contains("status=200"), "{line}");
     assert!(
         !ended,
-        "the chunked answer ended while its line could not be written:\n{answer}"
+        "the {request_line} answer ended while its line could not be written to stderr (queued: {queued}):\n{answer}\nline (written later): {line}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_does_not_end_before_its_line() {
+    check("HTTP/1.1", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_delimited_answer_does_not_end_before_its_line() {
-    let (ended, answer, log) = answer_end_while_stderr_is_full("HTTP/1.0").await;
-    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
-    assert!(
-        !answer.to_ascii_lowercase().contains("transfer-encoding"),
-        "{answer}"
-    );
-    let line = request_line_of(&log);
-    assert!(line.contains("status=200"), "{line}");
-    assert!(
-        !ended,
-        "the HTTP/1.0 answer ended (the server closed the connection) while its line could not be written to stderr:\n{answer}\nline (written later): {line}"
-    );
+    check("HTTP/1.0", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_does_not_end_before_its_queued_line() {
+    check("HTTP/1.1", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_delimited_answer_does_not_end_before_its_queued_line() {
+    check("HTTP/1.0", true).await;
 }
