@@ -21,23 +21,7 @@ async fn start() -> (Child, u16) {
 async fn request(stream: &mut TcpStream, port: u16) {
     let text = format!("GET /nothing-here HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n");
     stream.write_all(text.as_bytes()).await.expect("write");
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.expect("read"),
-            1,
-            "closed early"
-        );
-        seen.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .map_or(0, |value| value.trim().parse().expect("length"));
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.expect("body");
+    support::read_answer(stream).await;
 }
 
 /// Waits (at most `limit`) until the server closes `stream`; when it did.

@@ -7,36 +7,16 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 8;
 const ROUNDS: usize = 10;
 const PIPELINED: usize = 3;
-
-/// Reads one answer (head and a `content-length` body) off `stream`.
-async fn answer(stream: &mut TcpStream) -> String {
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.expect("read"),
-            1,
-            "closed early"
-        );
-        seen.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .map_or(0, |value| value.trim().parse().expect("length"));
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.expect("body");
-    head
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
@@ -57,14 +37,8 @@ async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let port: u16 = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(rest) = text.split("listening on http://").nth(1) {
-            let authority = rest.split([' ', '/']).next().expect("authority");
-            break authority
-                .rsplit(':')
-                .next()
-                .expect("port")
-                .parse()
-                .expect("port");
+        if let Some(port) = support::listening_port(&text) {
+            break port;
         }
         assert!(Instant::now() < deadline, "server did not start: {text}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -95,7 +69,7 @@ async fn each_line_is_written_before_its_answer_arrives_and_only_once() {
                     .expect("the other connections reach the round");
                 stream.write_all(text.as_bytes()).await.expect("write");
                 for path in &paths {
-                    let head = answer(&mut stream).await;
+                    let head = support::read_answer(&mut stream).await;
                     assert!(head.starts_with("http/1.1 403"), "{head}");
                     // The answer is here: its line must already be in the log.
                     let written = std::fs::read_to_string(&log).expect("log");

@@ -1,10 +1,45 @@
 //! Shared by the server's newer integration tests: the release binary
-//! started on a free loopback port.
+//! started on a free loopback port, and what they read off it.
+
+// Each test crate uses its own part of this module.
+#![allow(dead_code)]
 
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+
+/// The port in the server's `listening on http://HOST:PORT` line, once
+/// `text` (its stderr so far) has it.
+pub fn listening_port(text: &str) -> Option<u16> {
+    let rest = text.split("listening on http://").nth(1)?;
+    let authority = rest.split([' ', '/']).next()?;
+    authority.rsplit(':').next()?.parse().ok()
+}
+
+/// Reads one answer (its head, and a `content-length` body) off `stream`;
+/// returns the head, lower-cased.
+pub async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.expect("read"),
+            1,
+            "closed early"
+        );
+        seen.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().expect("length"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("body");
+    head
+}
 
 /// Starts the server with only `env` (and `HOST`, `PORT`) set; returns it
 /// (killed when dropped) and the port it listens on. Its stderr is read
@@ -23,14 +58,8 @@ pub async fn start(env: &[(&str, &str)]) -> (Child, u16) {
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let port = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.expect("stderr line") {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let authority = rest.split([' ', '/']).next().expect("authority");
-                return authority
-                    .rsplit(':')
-                    .next()
-                    .expect("port")
-                    .parse::<u16>()
-                    .expect("port");
+            if let Some(port) = listening_port(&line) {
+                return port;
             }
         }
         panic!("server exited before listening");
