@@ -8,7 +8,7 @@
 # memory at start, after 100,000 requests and with 10,000 idle keep-alive
 # connections; then what a counted request adds with FAL_PROXY_RATE_LIMIT
 # (memory, and a redis-server on loopback: needs redis-server on PATH).
-# Release builds; five to seven minutes once built. Loopback only, bounded in
+# Release builds; three to four minutes once built. Loopback only, bounded in
 # time. Installs nginx-light and wrk (Debian) if missing.
 #
 # `scripts/bench.sh --soak` instead sends 100,000 requests at concurrency 64
