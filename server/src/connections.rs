@@ -536,12 +536,6 @@ mod tests {
     /// `serve` too.
     #[test]
     fn a_waiting_connection_is_woken_and_ended_when_shed() {
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
@@ -565,12 +559,6 @@ mod tests {
     #[tokio::test]
     async fn a_connection_waits_for_its_line_before_writing_or_closing() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -608,6 +596,15 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"ok");
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Polls a future once.

@@ -110,13 +110,20 @@ fn pieces(text: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Runs `f` on this thread's queue; `None` when it cannot be had (the
+/// thread ending, or the queue already in use further up the stack).
+fn with_queue<R>(f: impl FnOnce(&mut Queue) -> R) -> Option<R> {
+    QUEUE
+        .try_with(|queue| queue.try_borrow_mut().ok().map(|mut queue| f(&mut queue)))
+        .ok()
+        .flatten()
+}
+
 /// Writes what is queued now (before a line of the server's own, so the
 /// lines stay in the order they were made).
 pub fn flush() {
-    let _ = QUEUE.try_with(|queue| {
-        if let Ok(mut queue) = queue.try_borrow_mut()
-            && !queue.text.is_empty()
-        {
+    with_queue(|queue| {
+        if !queue.text.is_empty() {
             queue.write_out();
         }
     });
@@ -126,31 +133,26 @@ pub fn flush() {
 /// `slot`, or writes it at once when not under load or when no writer runs
 /// on this thread.
 pub fn push(line: String, slot: &Arc<Slot>) {
-    let queued = QUEUE
-        .try_with(|queue| {
-            let Ok(mut queue) = queue.try_borrow_mut() else {
-                return false;
-            };
-            let queue = &mut *queue;
-            let Some(writer) = queue.writer.as_ref() else {
-                return false;
-            };
-            if !queue.queuing {
-                queue.since_park += 1;
-                // The second line of one pass: the next ones are queued.
-                queue.queuing = !queue.held_off && queue.since_park >= 2;
-                return false;
-            }
-            if queue.text.is_empty() {
-                writer.wake_by_ref();
-            }
-            queue.text.extend_from_slice(line.as_bytes());
-            queue.text.push(b'\n');
-            slot.line_queued();
-            queue.slots.push(Arc::clone(slot));
-            true
-        })
-        .unwrap_or(false);
+    let queued = with_queue(|queue| {
+        let Some(writer) = queue.writer.as_ref() else {
+            return false;
+        };
+        if !queue.queuing {
+            queue.since_park += 1;
+            // The second line of one pass: the next ones are queued.
+            queue.queuing = !queue.held_off && queue.since_park >= 2;
+            return false;
+        }
+        if queue.text.is_empty() {
+            writer.wake_by_ref();
+        }
+        queue.text.extend_from_slice(line.as_bytes());
+        queue.text.push(b'\n');
+        slot.line_queued();
+        queue.slots.push(Arc::clone(slot));
+        true
+    })
+    .unwrap_or(false);
     if !queued {
         write_line(line);
     }
@@ -159,17 +161,15 @@ pub fn push(line: String, slot: &Arc<Slot>) {
 /// The runtime is about to wait for events (its `on_thread_park` hook):
 /// a new pass begins.
 pub fn parked() {
-    let _ = QUEUE.try_with(|queue| {
-        if let Ok(mut queue) = queue.try_borrow_mut() {
-            queue.since_park = 0;
-            queue.held_off = false;
-        }
+    with_queue(|queue| {
+        queue.since_park = 0;
+        queue.held_off = false;
     });
 }
 
 /// Writes a line to stderr in one `write` (`eprintln!` makes two on
 /// unbuffered stderr: the text, then the line break).
-pub fn write_line(mut line: String) {
+fn write_line(mut line: String) {
     line.push('\n');
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
@@ -181,11 +181,9 @@ pub async fn writer() {
     struct Stop;
     impl Drop for Stop {
         fn drop(&mut self) {
-            let _ = QUEUE.try_with(|queue| {
-                if let Ok(mut queue) = queue.try_borrow_mut() {
-                    queue.writer = None;
-                    queue.write_out();
-                }
+            with_queue(|queue| {
+                queue.writer = None;
+                queue.write_out();
             });
         }
     }

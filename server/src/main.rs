@@ -72,26 +72,17 @@ static HINTS: Hints = Hints::new();
 /// request itself costs, and one thread already serves tens of thousands of
 /// requests a second, far more than any fal account sends.
 fn main() -> ExitCode {
-    let format = || LogFormat::from_lookup(|name| std::env::var(name).ok());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let ran = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(log_lines::parked)
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            say(
-                format(),
-                Level::Error,
-                format!("cannot start the runtime: {error}"),
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
+        .map_err(|error| format!("cannot start the runtime: {error}"))
+        .and_then(|runtime| runtime.block_on(run()));
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            say(format(), Level::Error, message);
+            let format = LogFormat::from_lookup(|name| std::env::var(name).ok());
+            say(format, Level::Error, message);
             ExitCode::FAILURE
         }
     }
