@@ -16,12 +16,19 @@
 //! therefore already waiting (and seen) when it is accepted. The cap leaves
 //! room in the open-file limit for the upstream
 //! connection each request needs, so `accept` does not run out of files.
+//!
+//! The registry also closes a connection that has waited longer than
+//! [`HEAD_TIMEOUT`] for a request's head (from its accept, or from the end
+//! of its last answer's body): the heartbeat sweeps it every [`TICK`].
+//! hyper's own header-read timeout did that with a timer per connection,
+//! set and taken down around every request's head; here the end of each
+//! answer only notes the time, from a clock the sweep keeps.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
@@ -38,6 +45,20 @@ const RESERVED_FILES: u64 = 64;
 
 /// The least time a connection is kept before it may be shed.
 pub const MIN_LIFE: Duration = Duration::from_millis(50);
+
+/// How long a client may take to send a request's head, counted from the
+/// connection's accept or from the end of its last answer's body (an idle
+/// keep-alive connection is closed after it too).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the heartbeat sweeps for overdue connections, and the
+/// resolution of the clock the sweep keeps: a connection is closed between
+/// [`HEAD_TIMEOUT`] and [`HEAD_TIMEOUT`] plus three ticks after its wait
+/// began.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// [`TICK`]s since the server started, as the last sweep read the clock.
+static NOW: AtomicU32 = AtomicU32::new(0);
 
 /// The smallest and largest derived caps.
 const MIN_CAP: u64 = 16;
@@ -110,6 +131,9 @@ pub struct Slot {
     line_pending: AtomicBool,
     /// The task waiting for that line to be written.
     line_waiter: Mutex<Option<Waker>>,
+    /// The tick at which the connection began to wait for a request's head
+    /// (accepted, or its last request's answer body ended).
+    idle_since: AtomicU32,
 }
 
 impl Slot {
@@ -231,6 +255,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        // Before the count, so a sweep that sees it at zero sees the time.
+        self.0
+            .idle_since
+            .store(NOW.load(Ordering::Relaxed), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -307,6 +335,7 @@ impl Connections {
         registry.next_id += 1;
         let slot = Arc::new(Slot {
             stream,
+            idle_since: AtomicU32::new(NOW.load(Ordering::Relaxed)),
             ..Slot::default()
         });
         registry.open.insert(id, Arc::clone(&slot));
@@ -316,6 +345,33 @@ impl Connections {
             slot,
             shed_another,
         })
+    }
+
+    /// The heartbeat: sets the clock to `elapsed` since the server started
+    /// and closes the connections overdue for a request's head.
+    pub fn tick(&self, elapsed: Duration) {
+        let now = u32::try_from(elapsed.as_millis() / TICK.as_millis()).unwrap_or(u32::MAX);
+        NOW.store(now, Ordering::Relaxed);
+        self.close_overdue(now);
+    }
+
+    /// Closes (and unregisters) each connection with no request in flight
+    /// that began waiting for a head more than [`HEAD_TIMEOUT`] before tick
+    /// `now`.
+    fn close_overdue(&self, now: u32) {
+        // One tick more: the clock read when the wait began was up to a
+        // tick behind the time.
+        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        self.lock().open.retain(|_, slot| {
+            let overdue = slot.is_idle()
+                && now.saturating_sub(slot.idle_since.load(Ordering::Relaxed)) > limit;
+            if overdue {
+                slot.raise_shed();
+            }
+            !overdue
+        });
     }
 
     /// How many connections are registered.
@@ -517,6 +573,49 @@ mod tests {
         drop((busy, held));
         admitted.clear();
         extra.clear();
+        assert_eq!(connections.open(), 0);
+    }
+
+    /// A connection waiting for a head longer than HEAD_TIMEOUT is closed
+    /// by the sweep, counted from its accept or from the end of its last
+    /// request; one with a request in flight (or its line waiting) never.
+    #[test]
+    fn connections_waiting_too_long_for_a_head_are_closed() {
+        let connections = Connections::new(64);
+        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
+        let admitted: Vec<Admitted> = (0..4).map(|_| connections.admit(None).unwrap()).collect();
+        let since = admitted[0].slot().idle_since.load(Ordering::Relaxed);
+        // The second ended a request later; the third has one in flight; the
+        // fourth's request ended with its line still waiting to be written.
+        admitted[1].slot().idle_since.store(since + 40, Ordering::Relaxed);
+        let busy = admitted[2].slot().request();
+        let ended = admitted[3].slot().request();
+        admitted[3].slot().line_queued();
+        drop(ended);
+        let closed = |connections: &Connections, now: u32| {
+            connections.close_overdue(now);
+            admitted
+                .iter()
+                .map(|a| a.slot().shedding.load(Ordering::SeqCst))
+                .collect::<Vec<_>>()
+        };
+        // Never before HEAD_TIMEOUT (plus the tick the clock may lag).
+        assert_eq!(closed(&connections, since + limit + 1), [false; 4]);
+        assert_eq!(connections.open(), 4);
+        assert_eq!(closed(&connections, since + limit + 2), [true, false, false, false]);
+        assert_eq!(connections.open(), 3);
+        // Its task is told to close it.
+        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>())).is_some());
+        assert_eq!(closed(&connections, since + 40 + limit + 2), [true, true, false, false]);
+        assert_eq!(connections.open(), 2);
+        // Once the request ends, its wait starts again from then; once the
+        // line is written, the fourth is overdue.
+        let now = since + 1000;
+        NOW.store(now, Ordering::Relaxed);
+        drop(busy);
+        admitted[3].slot().line_written();
+        assert_eq!(closed(&connections, now + limit + 1), [true, true, false, true]);
+        assert_eq!(closed(&connections, now + limit + 2), [true; 4]);
         assert_eq!(connections.open(), 0);
     }
 

@@ -33,7 +33,6 @@
 mod connections;
 mod log_lines;
 mod playground;
-mod timer;
 
 use connections::{AcceptErrors, Connections, InFlight};
 use fal_proxy_core::{
@@ -54,14 +53,8 @@ use tokio::net::TcpListener;
 /// The host names a loopback-bound server answers to by default.
 const LOOPBACK_HOSTS: &str = "localhost,127.0.0.1,[::1]";
 
-/// How long a client may take to send a request's head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long open requests may run on after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often the heartbeat timer fires (see [`heartbeat`]).
-const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Hints already written (once per origin, rate-limited).
 static HINTS: Hints = Hints::new();
@@ -159,12 +152,12 @@ async fn run() -> Result<(), String> {
             .browser_summary(Some(&format!("http://{bound}")), playground_url.as_deref()),
     );
 
-    tokio::spawn(heartbeat());
+    tokio::spawn(heartbeat(Arc::clone(&connections)));
     tokio::spawn(log_lines::writer());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(timer::RecyclingTimer)
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // The head timeout is the registry's (`connections::HEAD_TIMEOUT`).
+    http.header_read_timeout(None);
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let mut accept_errors = AcceptErrors::default();
     let mut pacing = Duration::ZERO;
@@ -284,17 +277,19 @@ async fn handle(
     ))
 }
 
-/// A timer that is always due within [`HEARTBEAT`]. tokio's timer wakes
-/// its own thread (an `eventfd` write, and one more event from `epoll`)
-/// whenever a timer is set earlier than the earliest one it has: with few
-/// connections, the 30 s header timeout each request sets did that every
-/// time. Always having an earlier timer makes that rare, for one wake-up a
-/// second.
-async fn heartbeat() {
-    let mut ticks = tokio::time::interval(HEARTBEAT);
+/// Every [`connections::TICK`], closes the connections that have waited
+/// too long for a request's head (see `connections`). Being always due
+/// within a tick, it also spares tokio's timer a wake-up of its own thread
+/// (an `eventfd` write, and one more event from `epoll`), which it makes
+/// whenever a timer is set earlier than the earliest one it has, as each
+/// upstream request's deadline would be with few connections.
+async fn heartbeat(connections: Arc<Connections>) {
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(connections::TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        connections.tick(started.elapsed());
     }
 }
 
