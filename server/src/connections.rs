@@ -124,6 +124,8 @@ pub struct Slot {
     shed: Notify,
     /// Set before `shed` is notified (see [`Slot::serve`]).
     shedding: AtomicBool,
+    /// Set before `shed` is notified: the server is shutting down.
+    draining: AtomicBool,
     /// The connection's socket (shared with its task), to peek at.
     stream: Option<Arc<TcpStream>>,
     /// Set while the line of this connection's last request waits to be
@@ -214,29 +216,54 @@ impl Slot {
         self.shed.notify_one();
     }
 
+    /// Tells the connection's task to finish what it is doing and close.
+    fn raise_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.shed.notify_one();
+    }
+
     /// Runs `connection` until it ends or the connection is shed to make
-    /// room (dropping it closes the connection). The shed signal is polled
-    /// on the first wake-up, when the task's waker changes, and once it is
-    /// raised, not on every wake-up of a busy connection: each poll of a
-    /// `Notify` waiter takes its lock.
-    pub async fn serve<F: Future>(&self, connection: F) {
+    /// room (dropping it closes the connection); when the server shuts down
+    /// ([`Connections::drain`]), `drain` is called on it once (hyper's
+    /// `graceful_shutdown`: an idle connection closes, one with a request
+    /// in flight closes after its answer) and it runs on to its end. The
+    /// signal is polled on the first wake-up, when the task's waker changes,
+    /// and once it is raised, not on every wake-up of a busy connection:
+    /// each poll of a `Notify` waiter takes its lock.
+    pub async fn serve<F: Future>(&self, connection: F, drain: impl FnOnce(Pin<&mut F>)) {
         let mut connection = std::pin::pin!(connection);
-        let mut shed = std::pin::pin!(self.shed.notified());
+        let mut signal = std::pin::pin!(self.shed.notified());
         let mut registered: Option<std::task::Waker> = None;
+        let mut drain = Some(drain);
         std::future::poll_fn(|cx| {
-            if connection.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            let stale = registered
-                .as_ref()
-                .is_none_or(|waker| !waker.will_wake(cx.waker()));
-            if stale || self.shedding.load(Ordering::SeqCst) {
-                if shed.as_mut().poll(cx).is_ready() {
+            loop {
+                if connection.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
-                registered = Some(cx.waker().clone());
+                let stale = registered
+                    .as_ref()
+                    .is_none_or(|waker| !waker.will_wake(cx.waker()));
+                let raised = self.shedding.load(Ordering::SeqCst)
+                    || (drain.is_some() && self.draining.load(Ordering::SeqCst));
+                if !(stale || raised) {
+                    return Poll::Pending;
+                }
+                if signal.as_mut().poll(cx).is_pending() {
+                    registered = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                // Signalled: the flags say what for.
+                if self.shedding.load(Ordering::SeqCst) {
+                    return Poll::Ready(());
+                }
+                signal.set(self.shed.notified());
+                registered = None;
+                if self.draining.load(Ordering::SeqCst)
+                    && let Some(drain) = drain.take()
+                {
+                    drain(connection.as_mut());
+                }
             }
-            Poll::Pending
         })
         .await;
     }
@@ -345,6 +372,22 @@ impl Connections {
             slot,
             shed_another,
         })
+    }
+
+    /// Shutting down: each open connection finishes its request in flight,
+    /// if any, and closes (see [`Slot::serve`]).
+    pub fn drain(&self) {
+        for slot in self.lock().open.values() {
+            slot.raise_drain();
+        }
+    }
+
+    /// Ready once every connection has closed (checked every 10 ms: this
+    /// is for a shutdown).
+    pub async fn closed(&self) {
+        while !self.lock().open.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The heartbeat: sets the clock to `elapsed` since the server started
@@ -555,9 +598,9 @@ mod tests {
         assert_eq!(connections.open(), 7);
         // Shedding paces the accepts: each connection lives MIN_LIFE.
         assert_eq!(newcomer.pace(), MIN_LIFE / 8);
-        assert!(futures_now(admitted[4].slot().serve(std::future::pending::<()>())).is_some());
-        assert!(futures_now(admitted[3].slot().serve(std::future::pending::<()>())).is_none());
-        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>())).is_none());
+        assert!(futures_now(admitted[4].slot().serve(std::future::pending::<()>(), |_| {})).is_some());
+        assert!(futures_now(admitted[3].slot().serve(std::future::pending::<()>(), |_| {})).is_none());
+        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>(), |_| {})).is_none());
         // Once only busy connections are left, the cap holds.
         let mut held = vec![newcomer.slot().request()];
         let mut extra = vec![newcomer];
@@ -605,7 +648,7 @@ mod tests {
         assert_eq!(closed(&connections, since + limit + 2), [true, false, false, false]);
         assert_eq!(connections.open(), 3);
         // Its task is told to close it.
-        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>())).is_some());
+        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>(), |_| {})).is_some());
         assert_eq!(closed(&connections, since + 40 + limit + 2), [true, true, false, false]);
         assert_eq!(connections.open(), 2);
         // Once the request ends, its wait starts again from then; once the
@@ -639,16 +682,61 @@ mod tests {
         let waker = std::task::Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
         let slot = Slot::default();
-        let mut serving = std::pin::pin!(slot.serve(std::future::pending::<()>()));
+        let mut serving = std::pin::pin!(slot.serve(std::future::pending::<()>(), |_| {}));
         assert!(serving.as_mut().poll(&mut cx).is_pending());
         assert!(serving.as_mut().poll(&mut cx).is_pending());
         slot.raise_shed();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(serving.as_mut().poll(&mut cx).is_ready());
         assert_eq!(
-            futures_now(Slot::default().serve(std::future::ready(()))),
+            futures_now(Slot::default().serve(std::future::ready(()), |_| {})),
             Some(())
         );
+    }
+
+    /// Shutting down tells each connection once (it goes on to its end, as
+    /// a request in flight does); a shed or timeout still ends it at once.
+    #[test]
+    fn a_drained_connection_is_told_once_and_runs_to_its_end() {
+        let connections = Connections::new(8);
+        let first = connections.admit(None).unwrap();
+        let second = connections.admit(None).unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        let done = AtomicBool::new(false);
+        let drains = AtomicUsize::new(0);
+        let connection = std::future::poll_fn(|_| {
+            if done.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let mut serving = std::pin::pin!(first.slot().serve(connection, |_| {
+            drains.fetch_add(1, Ordering::SeqCst);
+        }));
+        let mut other = std::pin::pin!(
+            second
+                .slot()
+                .serve(std::future::pending::<()>(), |_| {})
+        );
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        assert!(other.as_mut().poll(&mut cx).is_pending());
+        connections.drain();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2, "both tasks are woken");
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(drains.load(Ordering::SeqCst), 1);
+        connections.drain();
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        assert!(serving.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(drains.load(Ordering::SeqCst), 1, "told once");
+        done.store(true, Ordering::SeqCst);
+        assert!(serving.as_mut().poll(&mut cx).is_ready());
+        // Draining, then shed: ends at once.
+        assert!(other.as_mut().poll(&mut cx).is_pending());
+        second.slot().raise_shed();
+        assert!(other.as_mut().poll(&mut cx).is_ready());
     }
 
     /// While its line waits, a connection writes nothing and does not close

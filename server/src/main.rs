@@ -43,7 +43,6 @@ use fal_proxy_core::{
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -154,7 +153,6 @@ async fn run() -> Result<(), String> {
 
     tokio::spawn(heartbeat(Arc::clone(&connections)));
     tokio::spawn(log_lines::writer());
-    let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // The head timeout is the registry's (`connections::HEAD_TIMEOUT`).
     http.header_read_timeout(None);
@@ -197,9 +195,8 @@ async fn run() -> Result<(), String> {
                     handle(Arc::clone(&proxy), Arc::clone(&upstream), Arc::clone(&store), playground, client_ip, slot.request(), request)
                 });
                 let connection = http.serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
                 tokio::spawn(async move {
-                    admitted.slot().serve(connection).await;
+                    admitted.slot().serve(connection, |connection| connection.graceful_shutdown()).await;
                     drop(admitted);
                 });
                 // While shedding, pace the accepts (see `connections`); the
@@ -223,8 +220,9 @@ async fn run() -> Result<(), String> {
             DRAIN_TIMEOUT.as_secs()
         ),
     );
+    connections.drain();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections.closed() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => say(format, Level::Warn, "open requests cut off"),
     }
     Ok(())
