@@ -1,8 +1,9 @@
-//! hyper's 30 s header-read timeout on server/src/timer.rs's
-//! recycled timers, against the real binary: a connection idle between
-//! keep-alive requests, one trickling its head from the start, and one
-//! trickling a head that starts 15 s later (its timer likely one recycled
-//! from the warm-up, whose old deadline was 30 s after the warm-up).
+//! The 30 s header-read timeout against the real binary (kept by the
+//! connection registry's sweep, `server/src/connections.rs`; until the
+//! seventh performance round, hyper's timer on recycled tokio timers): a
+//! connection idle between keep-alive requests, one trickling its head
+//! from the start, and one trickling a head that starts 15 s later (when
+//! the warm-up's connections have ended requests since).
 
 #![allow(clippy::expect_used, clippy::panic)]
 
