@@ -18,8 +18,11 @@
 //! connection each request needs, so `accept` does not run out of files.
 //!
 //! The registry also closes a connection that has waited longer than
-//! [`HEAD_TIMEOUT`] for a request's head (from its accept, or from the end
-//! of its last answer's body): the heartbeat sweeps it every [`TICK`].
+//! [`HEAD_TIMEOUT`] for a request's head (from its accept, from the end of
+//! its last answer's body, or from the last write that had waited for a
+//! slow reader; never while an answer's bytes wait for one): the heartbeat
+//! sweeps it every [`TICK`], and a connection found overdue is not polled
+//! again, so a head that came in the same pass starts no request.
 //! hyper's own header-read timeout did that with a timer per connection,
 //! set and taken down around every request's head; here the end of each
 //! answer only notes the time, from a clock the sweep keeps.
@@ -136,6 +139,10 @@ pub struct Slot {
     /// The tick at which the connection began to wait for a request's head
     /// (accepted, or its last request's answer body ended).
     idle_since: AtomicU32,
+    /// The last write found the socket full: hyper still holds bytes of an
+    /// answer (it reads the next head, and hyper timed it, only once they
+    /// are flushed).
+    write_blocked: AtomicBool,
 }
 
 impl Slot {
@@ -159,6 +166,21 @@ impl Slot {
             self.mark_spoken();
         }
         waiting
+    }
+
+    /// A write found the socket full.
+    fn write_blocked(&self) {
+        self.write_blocked.store(true, Ordering::Relaxed);
+    }
+
+    /// A write went through: if the socket had been full, the wait for a
+    /// head starts again from now.
+    fn wrote(&self) {
+        if self.write_blocked.load(Ordering::Relaxed) {
+            self.idle_since
+                .store(NOW.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.write_blocked.store(false, Ordering::Relaxed);
+        }
     }
 
     /// No request in flight, and no line of one waiting to be written
@@ -237,6 +259,11 @@ impl Slot {
         let mut drain = Some(drain);
         std::future::poll_fn(|cx| {
             loop {
+                // Shed or timed out: not polled again, so a head that came
+                // meanwhile is not read and its request not started.
+                if self.shedding.load(Ordering::SeqCst) {
+                    return Poll::Ready(());
+                }
                 if connection.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
                 }
@@ -409,6 +436,7 @@ impl Connections {
             .saturating_add(1);
         self.lock().open.retain(|_, slot| {
             let overdue = slot.is_idle()
+                && !slot.write_blocked.load(Ordering::Relaxed)
                 && now.saturating_sub(slot.idle_since.load(Ordering::Relaxed)) > limit;
             if overdue {
                 slot.raise_shed();
@@ -492,10 +520,18 @@ impl AsyncWrite for Watched {
         ready!(this.slot.poll_line_written(cx));
         let stream = &this.stream;
         loop {
-            ready!(stream.poll_write_ready(cx))?;
+            if stream.poll_write_ready(cx)?.is_pending() {
+                this.slot.write_blocked();
+                return Poll::Pending;
+            }
             match stream.try_write(buf) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
+                done => {
+                    if done.is_ok() {
+                        this.slot.wrote();
+                    }
+                    return Poll::Ready(done);
+                }
             }
         }
     }
@@ -509,10 +545,18 @@ impl AsyncWrite for Watched {
         ready!(this.slot.poll_line_written(cx));
         let stream = &this.stream;
         loop {
-            ready!(stream.poll_write_ready(cx))?;
+            if stream.poll_write_ready(cx)?.is_pending() {
+                this.slot.write_blocked();
+                return Poll::Pending;
+            }
             match stream.try_write_vectored(bufs) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                done => return Poll::Ready(done),
+                done => {
+                    if done.is_ok() {
+                        this.slot.wrote();
+                    }
+                    return Poll::Ready(done);
+                }
             }
         }
     }
@@ -566,6 +610,9 @@ impl AcceptErrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held by the tests that set the head timeout's clock ([`NOW`]).
+    static CLOCK: Mutex<()> = Mutex::new(());
 
     #[test]
     fn the_cap_is_derived_or_set() {
@@ -624,6 +671,7 @@ mod tests {
     /// request; one with a request in flight (or its line waiting) never.
     #[test]
     fn connections_waiting_too_long_for_a_head_are_closed() {
+        let _clock = CLOCK.lock().unwrap_or_else(PoisonError::into_inner);
         let connections = Connections::new(64);
         let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
         let admitted: Vec<Admitted> = (0..4).map(|_| connections.admit(None).unwrap()).collect();
@@ -783,6 +831,78 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, b"ok");
+    }
+
+    /// The sweep's decision is not checked again after the connection's
+    /// last poll: a head that arrived in the same pass as the sweep (the
+    /// heartbeat ran first) is read, its request started (the service
+    /// called, the handler polled once), and then the connection is dropped
+    /// with the request in flight. hyper's timer was polled only after the
+    /// parse found no head, so such a request was answered.
+    #[test]
+    fn a_request_started_on_the_poll_after_the_sweep_is_not_dropped() {
+        let connections = Connections::new(8);
+        let admitted = connections.admit(None).unwrap();
+        let slot = Arc::clone(admitted.slot());
+        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
+        let since = slot.idle_since.load(Ordering::Relaxed);
+        connections.close_overdue(since + limit + 2);
+        // hyper's next poll reads the head that just arrived and calls the service.
+        let request = std::cell::RefCell::new(None);
+        let connection = std::future::poll_fn(|_| {
+            request.borrow_mut().get_or_insert_with(|| slot.request());
+            Poll::<()>::Pending
+        });
+        let ended = futures_now(slot.serve(connection, |_| {})).is_some();
+        assert!(
+            !(ended && slot.in_flight.load(Ordering::SeqCst) == 1),
+            "dropped with its request in flight"
+        );
+    }
+
+    /// While an answer's bytes wait for a full socket (a slow reader after
+    /// the body ended), the connection is not overdue; once a write goes
+    /// through, its wait for a head starts from then.
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)]
+    async fn a_connection_flushing_to_a_slow_reader_is_not_overdue() {
+        use tokio::io::AsyncReadExt;
+        let _clock = CLOCK.lock().unwrap_or_else(PoisonError::into_inner);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let connections = Connections::new(8);
+        let admitted = connections.admit(None).unwrap();
+        let slot = Arc::clone(admitted.slot());
+        let mut watched = Watched::new(Arc::new(server), Arc::clone(&slot));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0usize;
+        while let Poll::Ready(n) = Pin::new(&mut watched).poll_write(&mut cx, &chunk) {
+            written += n.expect("write");
+            assert!(written < 1 << 30, "the socket never filled");
+        }
+        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
+        let since = slot.idle_since.load(Ordering::Relaxed);
+        connections.close_overdue(since + 10 * limit);
+        assert!(!slot.shedding.load(Ordering::SeqCst), "closed while flushing");
+        // The reader catches up; the next write goes through.
+        let mut sink = vec![0u8; written];
+        client.read_exact(&mut sink).await.expect("read");
+        let later = since + 20 * limit;
+        NOW.store(later, Ordering::Relaxed);
+        let n = std::future::poll_fn(|cx| Pin::new(&mut watched).poll_write(cx, b"y"))
+            .await
+            .expect("write");
+        assert_eq!(n, 1);
+        connections.close_overdue(later + limit + 1);
+        assert!(!slot.shedding.load(Ordering::SeqCst), "its wait restarted");
+        connections.close_overdue(later + limit + 2);
+        assert!(slot.shedding.load(Ordering::SeqCst), "then overdue");
     }
 
     /// A waker that counts its wake-ups.
