@@ -125,3 +125,99 @@ async fn the_header_read_timeout_holds_on_recycled_timers() {
         );
     }
 }
+
+/// Answers `POST /fal.run/fal-ai/x/SIZE` with SIZE bytes (content-length),
+/// any number of requests a connection.
+async fn sized_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let size: usize = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|path| path.rsplit('/').next())
+                        .and_then(|size| size.parse().ok())
+                        .expect("a size");
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                    let mut answer = answer.into_bytes();
+                    answer.resize(answer.len() + size, b'x');
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A reader that pauses for 34 s right after its request (a backgrounded
+/// tab, a stalled mobile link) still gets all of its answer: the part
+/// still waiting in the server's write buffer when the body ended is not
+/// taken for an idle connection (a review found the registry's sweep
+/// cutting it off 30 s after the body's end). Sizes around what loopback's
+/// kernel buffers hold with a 4 KiB receive buffer, so that some bodies end
+/// at once with their last bytes in the server's buffer. Runs beside the
+/// test above.
+#[tokio::test]
+async fn a_paused_reader_gets_all_of_its_answer() {
+    let upstream = sized_upstream().await;
+    let (_child, port) = support::start(&[
+        ("FAL_KEY", "test-id:test-secret-value"),
+        ("FAL_PROXY_UPSTREAM", upstream.as_str()),
+    ])
+    .await;
+    let mut readers = Vec::new();
+    for size in (0..9).map(|n| 2_800_000 + n * 100_000) {
+        readers.push(tokio::spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(4096).expect("receive buffer");
+            let mut stream = socket
+                .connect(([127, 0, 0, 1], port).into())
+                .await
+                .expect("connect");
+            let request = format!(
+                "POST /api/fal/proxy HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nx-fal-target-url: https://fal.run/fal-ai/x/{size}\r\ncontent-length: 0\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.expect("write");
+            tokio::time::sleep(Duration::from_secs(35)).await;
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            let read_all = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    let body = got
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|at| got.len() - at - 4);
+                    if body.is_some_and(|body| body >= size) {
+                        return true;
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            })
+            .await;
+            (size, read_all == Ok(true), got.len())
+        }));
+    }
+    for reader in readers {
+        let (size, whole, got) = reader.await.expect("task");
+        assert!(whole, "the answer of {size} bytes was cut off at {got} bytes (head included)");
+    }
+}
