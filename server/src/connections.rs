@@ -645,9 +645,30 @@ mod tests {
         assert_eq!(connections.open(), 7);
         // Shedding paces the accepts: each connection lives MIN_LIFE.
         assert_eq!(newcomer.pace(), MIN_LIFE / 8);
-        assert!(futures_now(admitted[4].slot().serve(std::future::pending::<()>(), |_| {})).is_some());
-        assert!(futures_now(admitted[3].slot().serve(std::future::pending::<()>(), |_| {})).is_none());
-        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>(), |_| {})).is_none());
+        assert!(
+            futures_now(
+                admitted[4]
+                    .slot()
+                    .serve(std::future::pending::<()>(), |_| {})
+            )
+            .is_some()
+        );
+        assert!(
+            futures_now(
+                admitted[3]
+                    .slot()
+                    .serve(std::future::pending::<()>(), |_| {})
+            )
+            .is_none()
+        );
+        assert!(
+            futures_now(
+                admitted[0]
+                    .slot()
+                    .serve(std::future::pending::<()>(), |_| {})
+            )
+            .is_none()
+        );
         // Once only busy connections are left, the cap holds.
         let mut held = vec![newcomer.slot().request()];
         let mut extra = vec![newcomer];
@@ -678,7 +699,10 @@ mod tests {
         let since = admitted[0].slot().idle_since.load(Ordering::Relaxed);
         // The second ended a request later; the third has one in flight; the
         // fourth's request ended with its line still waiting to be written.
-        admitted[1].slot().idle_since.store(since + 40, Ordering::Relaxed);
+        admitted[1]
+            .slot()
+            .idle_since
+            .store(since + 40, Ordering::Relaxed);
         let busy = admitted[2].slot().request();
         let ended = admitted[3].slot().request();
         admitted[3].slot().line_queued();
@@ -693,11 +717,24 @@ mod tests {
         // Never before HEAD_TIMEOUT (plus the tick the clock may lag).
         assert_eq!(closed(&connections, since + limit + 1), [false; 4]);
         assert_eq!(connections.open(), 4);
-        assert_eq!(closed(&connections, since + limit + 2), [true, false, false, false]);
+        assert_eq!(
+            closed(&connections, since + limit + 2),
+            [true, false, false, false]
+        );
         assert_eq!(connections.open(), 3);
         // Its task is told to close it.
-        assert!(futures_now(admitted[0].slot().serve(std::future::pending::<()>(), |_| {})).is_some());
-        assert_eq!(closed(&connections, since + 40 + limit + 2), [true, true, false, false]);
+        assert!(
+            futures_now(
+                admitted[0]
+                    .slot()
+                    .serve(std::future::pending::<()>(), |_| {})
+            )
+            .is_some()
+        );
+        assert_eq!(
+            closed(&connections, since + 40 + limit + 2),
+            [true, true, false, false]
+        );
         assert_eq!(connections.open(), 2);
         // Once the request ends, its wait starts again from then; once the
         // line is written, the fourth is overdue.
@@ -705,7 +742,10 @@ mod tests {
         NOW.store(now, Ordering::Relaxed);
         drop(busy);
         admitted[3].slot().line_written();
-        assert_eq!(closed(&connections, now + limit + 1), [true, true, false, true]);
+        assert_eq!(
+            closed(&connections, now + limit + 1),
+            [true, true, false, true]
+        );
         assert_eq!(closed(&connections, now + limit + 2), [true; 4]);
         assert_eq!(connections.open(), 0);
     }
@@ -764,11 +804,7 @@ mod tests {
         let mut serving = std::pin::pin!(first.slot().serve(connection, |_| {
             drains.fetch_add(1, Ordering::SeqCst);
         }));
-        let mut other = std::pin::pin!(
-            second
-                .slot()
-                .serve(std::future::pending::<()>(), |_| {})
-        );
+        let mut other = std::pin::pin!(second.slot().serve(std::future::pending::<()>(), |_| {}));
         assert!(serving.as_mut().poll(&mut cx).is_pending());
         assert!(other.as_mut().poll(&mut cx).is_pending());
         connections.drain();
@@ -889,7 +925,10 @@ mod tests {
         let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
         let since = slot.idle_since.load(Ordering::Relaxed);
         connections.close_overdue(since + 10 * limit);
-        assert!(!slot.shedding.load(Ordering::SeqCst), "closed while flushing");
+        assert!(
+            !slot.shedding.load(Ordering::SeqCst),
+            "closed while flushing"
+        );
         // The reader catches up; the next write goes through.
         let mut sink = vec![0u8; written];
         client.read_exact(&mut sink).await.expect("read");

@@ -218,6 +218,9 @@ async fn a_paused_reader_gets_all_of_its_answer() {
     }
     for reader in readers {
         let (size, whole, got) = reader.await.expect("task");
-        assert!(whole, "the answer of {size} bytes was cut off at {got} bytes (head included)");
+        assert!(
+            whole,
+            "the answer of {size} bytes was cut off at {got} bytes (head included)"
+        );
     }
 }

@@ -43,7 +43,11 @@ async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, wanted: &str) {
     tokio::time::timeout(Duration::from_secs(10), async {
         while !String::from_utf8_lossy(seen).contains(wanted) {
             let n = stream.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "closed before {wanted:?}: {}", String::from_utf8_lossy(seen));
+            assert!(
+                n > 0,
+                "closed before {wanted:?}: {}",
+                String::from_utf8_lossy(seen)
+            );
             seen.extend_from_slice(&chunk[..n]);
         }
     })
