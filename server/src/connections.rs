@@ -60,6 +60,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// began.
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// [`HEAD_TIMEOUT`] in [`TICK`]s.
+const HEAD_TICKS: u32 = (HEAD_TIMEOUT.as_millis() / TICK.as_millis()) as u32;
+
 /// [`TICK`]s since the server started, as the last sweep read the clock.
 static NOW: AtomicU32 = AtomicU32::new(0);
 
@@ -279,10 +282,8 @@ impl Slot {
                     registered = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                // Signalled: the flags say what for.
-                if self.shedding.load(Ordering::SeqCst) {
-                    return Poll::Ready(());
-                }
+                // Signalled: the flags say what for (shedding ends the
+                // connection at the loop's top).
                 signal.set(self.shed.notified());
                 registered = None;
                 if self.draining.load(Ordering::SeqCst)
@@ -431,9 +432,7 @@ impl Connections {
     fn close_overdue(&self, now: u32) {
         // One tick more: the clock read when the wait began was up to a
         // tick behind the time.
-        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis())
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
+        let limit = HEAD_TICKS + 1;
         self.lock().open.retain(|_, slot| {
             let overdue = slot.is_idle()
                 && !slot.write_blocked.load(Ordering::Relaxed)
@@ -510,30 +509,42 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// One write (`send`): after the connection's line, when the socket
+    /// takes it. A write that finds the socket full marks the slot (the
+    /// head timeout waits), and the next that goes through restarts its
+    /// wait for a head.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut send: impl FnMut(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.slot.poll_line_written(cx));
+        loop {
+            if self.stream.poll_write_ready(cx)?.is_pending() {
+                self.slot.write_blocked();
+                return Poll::Pending;
+            }
+            match send(&self.stream) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                done => {
+                    if done.is_ok() {
+                        self.slot.wrote();
+                    }
+                    return Poll::Ready(done);
+                }
+            }
+        }
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.slot.poll_line_written(cx));
-        let stream = &this.stream;
-        loop {
-            if stream.poll_write_ready(cx)?.is_pending() {
-                this.slot.write_blocked();
-                return Poll::Pending;
-            }
-            match stream.try_write(buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                done => {
-                    if done.is_ok() {
-                        this.slot.wrote();
-                    }
-                    return Poll::Ready(done);
-                }
-            }
-        }
+        self.get_mut().poll_send(cx, |stream| stream.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -541,24 +552,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.slot.poll_line_written(cx));
-        let stream = &this.stream;
-        loop {
-            if stream.poll_write_ready(cx)?.is_pending() {
-                this.slot.write_blocked();
-                return Poll::Pending;
-            }
-            match stream.try_write_vectored(bufs) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                done => {
-                    if done.is_ok() {
-                        this.slot.wrote();
-                    }
-                    return Poll::Ready(done);
-                }
-            }
-        }
+        self.get_mut()
+            .poll_send(cx, |stream| stream.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -677,7 +672,7 @@ mod tests {
     fn connections_waiting_too_long_for_a_head_are_closed() {
         let _clock = CLOCK.lock().unwrap_or_else(PoisonError::into_inner);
         let connections = Connections::new(64);
-        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
+        let limit = HEAD_TICKS;
         let admitted: Vec<Admitted> = (0..4).map(|_| connections.admit(None).unwrap()).collect();
         let since = admitted[0].slot().idle_since.load(Ordering::Relaxed);
         // The second ended a request later; the third has one in flight; the
@@ -863,7 +858,7 @@ mod tests {
         let connections = Connections::new(8);
         let admitted = connections.admit(None).unwrap();
         let slot = Arc::clone(admitted.slot());
-        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
+        let limit = HEAD_TICKS;
         let since = slot.idle_since.load(Ordering::Relaxed);
         connections.close_overdue(since + limit + 2);
         // hyper's next poll reads the head that just arrived and calls the service.
@@ -905,7 +900,7 @@ mod tests {
             written += n.expect("write");
             assert!(written < 1 << 30, "the socket never filled");
         }
-        let limit = u32::try_from(HEAD_TIMEOUT.as_millis() / TICK.as_millis()).unwrap_or(0);
+        let limit = HEAD_TICKS;
         let since = slot.idle_since.load(Ordering::Relaxed);
         connections.close_overdue(since + 10 * limit);
         assert!(
