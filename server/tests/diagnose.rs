@@ -5,6 +5,8 @@
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test helpers fail loudly by design
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -398,15 +400,9 @@ async fn connect_proxy(tunnel_to: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
         while let Ok((mut client, _)) = listener.accept().await {
             let record = Arc::clone(&record);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
+                let Some(head) = support::read_head(&mut client).await else {
+                    return;
+                };
                 let line = head.lines().next().unwrap_or_default().to_owned();
                 record.lock().unwrap().push(line.clone());
                 if !line.starts_with("CONNECT ") {

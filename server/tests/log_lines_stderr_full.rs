@@ -16,6 +16,8 @@
 
 #![allow(clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -36,13 +38,8 @@ async fn streaming_upstream(end_after: Duration) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if support::read_head(&mut stream).await.is_none() {
+                    return;
                 }
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")

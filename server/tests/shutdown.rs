@@ -18,12 +18,7 @@ async fn streaming_upstream(go: oneshot::Receiver<()>) -> u16 {
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(stream.read(&mut byte).await.expect("read"), 1);
-            head.push(byte[0]);
-        }
+        support::read_head(&mut stream).await.expect("a request");
         let first = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n";
         stream.write_all(first.as_bytes()).await.expect("write");
         go.await.expect("go");
@@ -32,7 +27,7 @@ async fn streaming_upstream(go: oneshot::Receiver<()>) -> u16 {
             .await
             .expect("write");
         // Held open until the proxy lets go of it.
-        let _ = stream.read(&mut byte).await;
+        let _ = stream.read(&mut [0u8; 1]).await;
     });
     port
 }

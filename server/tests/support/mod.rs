@@ -18,20 +18,28 @@ pub fn listening_port(text: &str) -> Option<u16> {
     authority.rsplit(':').next()?.parse().ok()
 }
 
+/// Reads a head (a request's or an answer's) off `stream` a byte at a
+/// time, so nothing after it is taken; `None` when the stream ends (or
+/// fails) before it does.
+pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
 /// Reads one answer (its head, and a `content-length` body) off `stream`;
 /// returns the head, lower-cased.
 pub async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).await.expect("read"),
-            1,
-            "closed early"
-        );
-        seen.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    let head = read_head(stream)
+        .await
+        .expect("closed early")
+        .to_ascii_lowercase();
     let length: usize = head
         .lines()
         .find_map(|line| line.strip_prefix("content-length:"))
